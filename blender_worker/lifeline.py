@@ -1,0 +1,56 @@
+"""Make sure a Blender process never outlives the process that supervises it."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import threading
+import time
+
+_armed = False
+
+
+def watch_parent(parent_pid: int, interval: float = 0.5) -> None:
+    """Exit this process when ``parent_pid`` is gone.
+
+    Two layers: ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` (Linux, immediate; tied to the thread
+    that forked us) and a daemon thread that polls the parent pid (portable fallback).
+    Idempotent.
+    """
+    global _armed
+    if _armed or parent_pid <= 0:
+        return
+    _armed = True
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except OSError:
+        pass
+    if os.getppid() != parent_pid and not _alive(parent_pid):
+        os._exit(3)
+
+    def _poll() -> None:
+        while True:
+            time.sleep(interval)
+            if not _alive(parent_pid):
+                os._exit(3)
+
+    threading.Thread(target=_poll, name="blendtorch-parent-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie counts as dead: read its state when /proc is there.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except OSError:
+        return True

@@ -1,0 +1,83 @@
+"""Publish items from Blender to the supervising actor over a local ZeroMQ PUSH socket."""
+
+from __future__ import annotations
+
+import atexit
+import time
+from typing import Any, Optional
+
+import zmq
+
+from blender_worker import codec
+from blender_worker.arguments import LaunchArgs
+
+
+class DataPublisher:
+    """Send items (dicts of numpy arrays and any pickle-able objects) to the actor.
+
+    ``publish(**items)`` blocks when the actor's queue is full (high-water mark), so a slow
+    consumer slows Blender down instead of growing memory. Every item gets ``btid``,
+    ``seq`` (per-instance sequence number), ``seed`` and ``epoch`` added.
+
+    Params
+    ------
+    launch: LaunchArgs
+        From ``parse_launch_args()``; gives the address, instance id, seed and codec.
+    send_hwm: int
+        Maximum number of messages queued in Blender before ``publish`` blocks.
+    linger_ms: int
+        How long pending messages may take to flush when the publisher closes.
+    """
+
+    def __init__(self, launch: LaunchArgs, *, send_hwm: int = 4, linger_ms: int = 10_000):
+        if not launch.data_address:
+            raise ValueError(
+                "this instance was launched without a data address; start it through "
+                "blendtorch_ray (BlenderLauncher) so that it has somewhere to publish"
+            )
+        self.launch = launch
+        self.btid = launch.btid
+        self.seq = 0
+        self._codec = launch.codec
+        self._ctx = zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.PUSH)
+        self._sock.setsockopt(zmq.SNDHWM, send_hwm)
+        self._sock.setsockopt(zmq.LINGER, linger_ms)
+        self._sock.setsockopt(zmq.IMMEDIATE, 1)
+        self._sock.connect(launch.data_address)
+        self._closed = False
+        # Readiness handshake: the actor waits for this before reporting the instance ready.
+        self._sock.send_multipart(
+            codec.encode(
+                {"btid": launch.btid, "seed": launch.seed, "epoch": launch.epoch},
+                codec="json",
+                kind=codec.KIND_READY,
+            ),
+            copy=False,
+        )
+        atexit.register(self.close)
+
+    def publish(self, **items: Any) -> None:
+        """Publish one item. Arrays are sent zero-copy; other values are pickled."""
+        if self._closed:
+            raise RuntimeError("publish() on a closed DataPublisher")
+        item = dict(items)
+        item.update(btid=self.btid, seq=self.seq, seed=self.launch.seed, epoch=self.launch.epoch)
+        frames = codec.encode(item, codec=self._codec)
+        self._sock.send_multipart(frames, copy=False)
+        self.seq += 1
+
+    def close(self, linger_ms: Optional[int] = None) -> None:
+        """Flush pending items (up to ``linger_ms``) and close the socket."""
+        if self._closed:
+            return
+        self._closed = True
+        if linger_ms is not None:
+            self._sock.setsockopt(zmq.LINGER, linger_ms)
+        self._sock.close()
+
+    def __enter__(self) -> "DataPublisher":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,306 @@
+"""The Ray actor that supervises one Blender instance and relays its items in batches.
+
+``BlenderActor`` launches the Blender subprocess, binds the local PULL socket it publishes
+to, waits for its readiness handshake, and offers ``stream()``: a streaming generator that
+yields lists of items (one object-store put per batch). The generator's results are owned
+by the caller, so batches already handed over survive this actor. Ray's generator
+backpressure (``max_batches_in_flight``) stops the generator, which stops reading the
+socket, whose high-water mark then blocks ``publish()`` in Blender: a slow consumer
+slows Blender down instead of growing memory.
+
+When Blender dies (non-zero exit or signal) the actor restarts it with the same ``btid``
+in a new seed epoch, up to ``max_restarts`` times with exponential backoff; a clean exit
+(code 0) ends that instance's stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+import ray
+
+from blender_worker import codec
+from blendtorch_ray.blender import find_blender
+from blendtorch_ray.config import LaunchConfig
+from blendtorch_ray.errors import BlenderCrashedError, BlenderStartError
+from blendtorch_ray.process import BlenderProcess
+from blendtorch_ray.transport import ItemReceiver, PrivateDir
+
+log = logging.getLogger("blendtorch_ray")
+
+
+@dataclass
+class InstanceHealth:
+    """A snapshot of one instance, as reported by ``BlenderActor.health()``."""
+
+    btid: int
+    node_id: str
+    pid: Optional[int]
+    alive: bool
+    items: int
+    batches: int
+    fps: float
+    restarts: int
+    epoch: int
+    queue_depth: int
+    """Items received but not yet handed over in a batch."""
+    dropped_messages: int
+    last_error: Optional[str]
+    log_path: str
+    rss_bytes: int = 0
+    warnings: list = field(default_factory=list)
+
+
+class BlenderActor:
+    """Supervise one Blender subprocess and relay what it publishes (a Ray actor)."""
+
+    def __init__(self, config: LaunchConfig, btid: int) -> None:
+        self.config = config
+        self.btid = btid
+        self.blender = find_blender(config.blender)
+        self._dir = PrivateDir(prefix=f"btr-{btid}-")
+        log_dir = config.log_dir or self._dir.path
+        os.makedirs(log_dir, exist_ok=True)
+        name = config.name or "blendtorch"
+        self.log_path = os.path.join(log_dir, f"{name.replace('/', '_')}-{btid}.log")
+        self._receiver = ItemReceiver(self._dir if config.transport == "ipc" else None, config.transport)
+        self._lock = threading.Lock()
+        self.epoch = 0
+        self.restarts = 0
+        self.items = 0
+        self.batches = 0
+        self.dropped = 0
+        self.last_error: Optional[str] = None
+        self.warnings: list[str] = []
+        self._ready = False
+        self._finished = False
+        self._closed = False
+        self._partial = 0
+        self._t_first: Optional[float] = None
+        self._t_last: Optional[float] = None
+        self._gpu_env = self._gpu_environment()
+        self.process = self._spawn()
+
+    # -- process management -------------------------------------------------
+    def _gpu_environment(self) -> dict:
+        env = dict(self.config.env)
+        if self.config.num_gpus:
+            ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in ids)
+            env["BLENDTORCH_GPU_IDS"] = env["CUDA_VISIBLE_DEVICES"]
+        return env
+
+    def _spawn(self) -> BlenderProcess:
+        args = [
+            "--btid", str(self.btid),
+            "--btseed", str(self.config.seed_for(self.btid, self.epoch)),
+            "--btepoch", str(self.epoch),
+            "--btdata", self._receiver.address,
+            "--btparent", str(os.getpid()),
+            "--btcodec", self.config.codec,
+            *self.config.args_for(self.btid),
+        ]
+        env = dict(os.environ)
+        env.update(self._gpu_env)
+        return BlenderProcess(self.blender, self.config.script, self.config.scene, args, self.log_path, env)
+
+    def _error(self, cls: type, message: str) -> Exception:
+        return cls(
+            f"Blender instance {self.btid}: {message}",
+            btid=self.btid,
+            log_tail=self.process.log_tail(),
+            log_path=self.log_path,
+        )
+
+    def wait_ready(self) -> dict:
+        """Block until the instance's first DataPublisher says hello; return its info.
+
+        Raises BlenderStartError if Blender exits first or stays silent past ready_timeout.
+        """
+        deadline = time.monotonic() + self.config.ready_timeout
+        with self._lock:
+            while not self._ready:
+                msg = self._recv(100)
+                if msg is not None:
+                    header, obj = msg
+                    if header.get("kind") == codec.KIND_READY:
+                        self._ready = True
+                        return {"btid": self.btid, "pid": self.process.pid, "epoch": self.epoch,
+                                "node_id": ray.get_runtime_context().get_node_id()}
+                    continue
+                if not self.process.alive():
+                    raise self._error(
+                        BlenderStartError,
+                        f"Blender {self.process.describe_exit()} before it was ready (the script "
+                        "must create a DataPublisher); fix the error shown in its log",
+                    )
+                if time.monotonic() > deadline:
+                    raise self._error(
+                        BlenderStartError,
+                        f"no readiness handshake within {self.config.ready_timeout:.0f}s; does the "
+                        "script create a DataPublisher(launch_args)? Raise ready_timeout for slow scenes",
+                    )
+        return {"btid": self.btid, "pid": self.process.pid, "epoch": self.epoch}
+
+    def _recv(self, timeout_ms: int) -> Optional[tuple[dict, Any]]:
+        try:
+            return self._receiver.recv(timeout_ms)
+        except codec.CodecError as exc:
+            self.dropped += 1
+            self._warn(f"dropped a malformed message: {exc}")
+            return None
+
+    def _warn(self, text: str) -> None:
+        text = f"Blender instance {self.btid}: {text}"
+        log.warning(text)
+        self.warnings.append(text)
+        del self.warnings[:-20]
+        self.last_error = text
+
+    def _restart(self) -> None:
+        """Restart a crashed Blender (same btid, next epoch) or raise when out of retries."""
+        why = self.process.describe_exit()
+        if self.restarts >= self.config.max_restarts:
+            raise self._error(
+                BlenderCrashedError,
+                f"Blender {why}; gave up after {self.restarts} restart(s) (max_restarts="
+                f"{self.config.max_restarts})",
+            )
+        delay = self.config.restart_backoff * (2 ** self.restarts)
+        self._warn(f"Blender {why}; restarting in {delay:.1f}s (restart {self.restarts + 1})")
+        time.sleep(delay)
+        self.restarts += 1
+        self.epoch += 1
+        self._ready = False
+        self.process = self._spawn()
+
+    # -- streaming ------------------------------------------------------------
+    @ray.method(concurrency_group="stream")
+    def stream(self) -> Iterator[list[dict]]:
+        """Yield batches (lists of item dicts) until the instance finishes (exit code 0).
+
+        Use with ``.options(_generator_backpressure_num_objects=...)``.
+        """
+        cfg = self.config
+        batch: list[dict] = []
+        batch_started = 0.0
+        while not self._closed:
+            with self._lock:
+                msg = self._recv(50)
+            if msg is not None:
+                header, obj = msg
+                if header.get("kind") != codec.KIND_ITEM:
+                    self._ready = True
+                    continue
+                if not isinstance(obj, dict):
+                    self.dropped += 1
+                    self._warn(f"dropped an item of type {type(obj).__name__}; publish(**items) sends dicts")
+                    continue
+                if not batch:
+                    batch_started = time.monotonic()
+                batch.append(obj)
+                self._count()
+                self._partial = len(batch)
+                if len(batch) >= cfg.batch_size:
+                    yield self._hand_over(batch)
+                    batch = []
+                continue
+            if batch and time.monotonic() - batch_started > cfg.max_batch_delay:
+                yield self._hand_over(batch)
+                batch = []
+            if not self.process.alive():
+                # Drain what Blender flushed before it exited.
+                with self._lock:
+                    while (msg := self._recv(0)) is not None:
+                        header, obj = msg
+                        if header.get("kind") == codec.KIND_ITEM and isinstance(obj, dict):
+                            batch.append(obj)
+                            self._count()
+                if batch:
+                    yield self._hand_over(batch)
+                    batch = []
+                if self.process.poll() == 0:
+                    self._finished = True
+                    return
+                self._restart()
+        if batch:
+            yield self._hand_over(batch)
+
+    def _count(self) -> None:
+        now = time.monotonic()
+        if self._t_first is None:
+            self._t_first = now
+        self._t_last = now
+        self.items += 1
+
+    def _hand_over(self, batch: list[dict]) -> list[dict]:
+        self.batches += 1
+        self._partial = 0
+        return batch
+
+    # -- control ---------------------------------------------------------------
+    @ray.method(concurrency_group="control")
+    def health(self) -> InstanceHealth:
+        """Current health figures of this instance."""
+        fps = 0.0
+        if self._t_first is not None and self._t_last and self._t_last > self._t_first:
+            fps = (self.items - 1) / (self._t_last - self._t_first)
+        rss = 0
+        try:
+            import psutil
+
+            rss = psutil.Process(self.process.pid).memory_info().rss if self.process.alive() else 0
+        except Exception:  # noqa: BLE001 - health must never fail
+            rss = 0
+        return InstanceHealth(
+            btid=self.btid,
+            node_id=ray.get_runtime_context().get_node_id(),
+            pid=self.process.pid if self.process.alive() else None,
+            alive=self.process.alive(),
+            items=self.items,
+            batches=self.batches,
+            fps=fps,
+            restarts=self.restarts,
+            epoch=self.epoch,
+            queue_depth=self._partial,
+            dropped_messages=self.dropped,
+            last_error=self.last_error,
+            log_path=self.log_path,
+            rss_bytes=rss,
+            warnings=list(self.warnings),
+        )
+
+    @ray.method(concurrency_group="control")
+    def log_tail(self, max_lines: int = 30) -> str:
+        return self.process.log_tail(max_lines)
+
+    @ray.method(concurrency_group="control")
+    def pid(self) -> int:
+        return self.process.pid
+
+    @ray.method(concurrency_group="control")
+    def finished(self) -> bool:
+        return self._finished
+
+    @ray.method(concurrency_group="control")
+    def close(self) -> None:
+        """End Blender and remove the private directory."""
+        self._closed = True
+        self.process.terminate()
+        self._receiver.close()
+        self._dir.cleanup()
+
+    def __del__(self) -> None:  # best effort: the lifeline in Blender is the guarantee
+        try:
+            self.process.terminate(timeout=1.0)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+RemoteBlenderActor = ray.remote(concurrency_groups={"stream": 4, "control": 2})(BlenderActor)
+"""The Ray actor class; options (resources, name, lifetime) are set by the launcher."""

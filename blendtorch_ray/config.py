@@ -1,0 +1,86 @@
+"""Configuration of a group of Blender instances."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+
+@dataclass
+class LaunchConfig:
+    """Everything needed to start and supervise N Blender instances.
+
+    Only ``script`` is required; the defaults suit a workstation.
+    """
+
+    script: str
+    """Path of the Blender-side Python script (it uses ``blender_worker``)."""
+    scene: Optional[str] = None
+    """Optional .blend file opened before the script runs."""
+    num_instances: int = 1
+    """Number of Blender instances (``btid`` 0..N-1)."""
+    instance_args: Optional[Sequence[Sequence[str]]] = None
+    """Per-instance extra command line arguments for the script (one list per instance)."""
+    seed: int = 0
+    """Base seed; instance ``btid`` in restart epoch ``e`` gets ``seed + btid + 100003 * e``."""
+    blender: Optional[str] = None
+    """Which Blender: None (``$BLENDTORCH_BLENDER`` or the bpy wheel), "bpy", "blender", or a path."""
+    name: Optional[str] = None
+    """Group name; actors are named ``{name}/{btid}`` in ``namespace`` so others can attach."""
+    namespace: str = "blendtorch"
+    """Ray namespace of the named actors."""
+    batch_size: int = 8
+    """Items per object-store put (one ``ray.put`` costs ~1 ms whatever the size)."""
+    max_batch_delay: float = 0.5
+    """Seconds after which a partial batch is sent anyway (for slow renderers)."""
+    max_batches_in_flight: int = 4
+    """Batches an instance may have produced but the consumer not yet taken (backpressure)."""
+    ready_timeout: float = 120.0
+    """Seconds to wait for an instance's readiness handshake (first DataPublisher)."""
+    max_restarts: int = 3
+    """Restarts allowed per instance after a crash before the stream fails."""
+    restart_backoff: float = 0.5
+    """Seconds before the first restart; doubles on each further restart."""
+    transport: str = "ipc"
+    """Local hop: "ipc" (unix socket in a private 0700 dir) or "tcp" (127.0.0.1, random port)."""
+    codec: str = "pickle"
+    """Item codec: "pickle" (any object) or "json" (arrays + JSON-able values, no pickle)."""
+    num_cpus: float = 1.0
+    """CPUs reserved per instance's actor."""
+    num_gpus: float = 0.0
+    """GPUs per instance; the assigned GPU is handed to Blender via CUDA_VISIBLE_DEVICES."""
+    resources: dict = field(default_factory=dict)
+    """Custom Ray resources per instance, e.g. ``{"blender": 1}``."""
+    log_dir: Optional[str] = None
+    """Where Blender logs go (default: the actor's private temp dir)."""
+    env: dict = field(default_factory=dict)
+    """Extra environment variables for Blender."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.num_instances, int) or self.num_instances < 1:
+            raise ValueError(f"num_instances must be a positive integer, got {self.num_instances!r}")
+        self.script = os.path.abspath(self.script)
+        if not os.path.isfile(self.script):
+            raise FileNotFoundError(f"Blender script not found: {self.script}")
+        if self.scene is not None:
+            self.scene = os.path.abspath(self.scene)
+            if not os.path.isfile(self.scene):
+                raise FileNotFoundError(f"scene file not found: {self.scene}")
+        if self.instance_args is not None and len(self.instance_args) != self.num_instances:
+            raise ValueError(
+                f"instance_args has {len(self.instance_args)} entries for {self.num_instances} "
+                "instances; give one list of arguments per instance"
+            )
+        if self.batch_size < 1 or self.max_batches_in_flight < 1:
+            raise ValueError("batch_size and max_batches_in_flight must be >= 1")
+        if self.transport not in ("ipc", "tcp"):
+            raise ValueError(f"transport must be 'ipc' or 'tcp', got {self.transport!r}")
+        if self.codec not in ("pickle", "json"):
+            raise ValueError(f"codec must be 'pickle' or 'json', got {self.codec!r}")
+
+    def seed_for(self, btid: int, epoch: int) -> int:
+        return self.seed + btid + 100_003 * epoch
+
+    def args_for(self, btid: int) -> list[str]:
+        return list(self.instance_args[btid]) if self.instance_args else []

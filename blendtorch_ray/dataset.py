@@ -1,0 +1,167 @@
+"""Consume a group's stream as a torch ``IterableDataset``.
+
+Each instance's actor yields batches through a Ray streaming generator; this dataset waits
+on all of them at once (``ray.wait``) and flattens batches into items. With a DataLoader
+and ``num_workers > 0``, worker ``k`` of ``n`` reads the instances whose ``btid % n == k``,
+so no item is read twice and none is skipped. Workers must be started with
+``multiprocessing_context="spawn"`` or ``"forkserver"`` (a forked child cannot use the
+parent's Ray connection); ``make_loader`` sets that up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Callable, Iterator, Optional
+
+import ray
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from blendtorch_ray.errors import StreamTimeout
+from blendtorch_ray.launcher import actor_name
+from blendtorch_ray.runtime import ensure_ray, gcs_address
+
+log = logging.getLogger("blendtorch_ray")
+
+
+def _split(total: Optional[int], n: int, k: int) -> Optional[int]:
+    if total is None:
+        return None
+    return total // n + (1 if k < total % n else 0)
+
+
+class RemoteIterableDataset(IterableDataset):
+    """Items published by a running group of Blender instances.
+
+    Params
+    ------
+    group, namespace: str
+        Name of the launched group (``BlenderLauncher.name``) and its Ray namespace.
+    num_instances: int
+        Number of instances in the group.
+    max_items: int or None
+        Stop after this many items in total (split over DataLoader workers); None: until
+        every instance finishes.
+    item_transform: callable or None
+        Applied to every item dict before it is yielded (runs in the DataLoader worker).
+    timeout: float
+        Seconds without any item before ``StreamTimeout`` is raised (naming each instance
+        and showing its log tail).
+    max_batches_in_flight: int
+        Batches each instance may produce ahead of the consumer.
+    """
+
+    def __init__(
+        self,
+        group: str,
+        namespace: str,
+        num_instances: int,
+        max_items: Optional[int] = None,
+        item_transform: Optional[Callable[[dict], Any]] = None,
+        timeout: float = 60.0,
+        max_batches_in_flight: int = 4,
+    ) -> None:
+        super().__init__()
+        if max_items is not None and max_items < 0:
+            raise ValueError("max_items must be >= 0 or None")
+        self.group = group
+        self.namespace = namespace
+        self.num_instances = num_instances
+        self.max_items = max_items
+        self.item_transform = item_transform
+        self.timeout = timeout
+        self.max_batches_in_flight = max_batches_in_flight
+        self._address = gcs_address() if ray.is_initialized() else None
+        self._creator_pid = os.getpid()
+
+    def __len__(self) -> int:
+        if self.max_items is None:
+            raise TypeError("a stream without max_items has no length")
+        return self.max_items
+
+    def _connect(self) -> None:
+        info = get_worker_info()
+        if info is None:
+            ensure_ray(address=self._address, namespace=self.namespace)
+            return
+        if ray.is_initialized() and os.getpid() != self._creator_pid:
+            # A forked worker inherited the parent's Ray state, which does not work.
+            raise RuntimeError(
+                "DataLoader worker was forked from a process using Ray; create the DataLoader "
+                "with multiprocessing_context='spawn' (or 'forkserver'), or use "
+                "blendtorch_ray.make_loader(dataset, ...)"
+            )
+        ensure_ray(address=self._address, namespace=self.namespace)
+
+    def __iter__(self) -> Iterator[Any]:
+        self._connect()
+        info = get_worker_info()
+        n, k = (info.num_workers, info.id) if info else (1, 0)
+        btids = [b for b in range(self.num_instances) if b % n == k]
+        budget = _split(self.max_items, n, k)
+        return self._items(btids, budget)
+
+    def _items(self, btids: list[int], budget: Optional[int]) -> Iterator[Any]:
+        if not btids or budget == 0:
+            return
+        actors = {b: ray.get_actor(actor_name(self.group, b), namespace=self.namespace) for b in btids}
+        gens = {
+            actors[b].stream.options(_generator_backpressure_num_objects=self.max_batches_in_flight).remote(): b
+            for b in btids
+        }
+        remaining = budget
+        try:
+            while gens:
+                ready, _ = ray.wait(list(gens), num_returns=1, timeout=self.timeout)
+                if not ready:
+                    raise self._timeout_error(actors, list(gens.values()))
+                gen = ready[0]
+                try:
+                    ref = next(gen)
+                except StopIteration:
+                    del gens[gen]
+                    continue
+                batch = ray.get(ref)  # raises the instance's error (e.g. BlenderCrashedError)
+                for item in batch:
+                    yield self.item_transform(item) if self.item_transform else item
+                    if remaining is not None:
+                        remaining -= 1
+                        if remaining == 0:
+                            return
+        finally:
+            for gen in gens:
+                try:
+                    ray.cancel(gen)
+                except Exception:  # noqa: BLE001 - the actor may be gone already
+                    pass
+
+    def _timeout_error(self, actors: dict, waiting: list[int]) -> StreamTimeout:
+        lines, tails = [], []
+        for b in waiting:
+            try:
+                h = ray.get(actors[b].health.remote(), timeout=10)
+                lines.append(
+                    f"instance {b}: alive={h.alive} items={h.items} restarts={h.restarts} "
+                    f"last_error={h.last_error}"
+                )
+                tails.append(f"[instance {b}]\n" + ray.get(actors[b].log_tail.remote(15), timeout=10))
+            except Exception as exc:  # noqa: BLE001
+                lines.append(f"instance {b}: unreachable ({type(exc).__name__})")
+        btid = waiting[0] if len(waiting) == 1 else None
+        return StreamTimeout(
+            f"no item from instance(s) {waiting} of group {self.group!r} within {self.timeout:.0f}s; "
+            "is the Blender script publishing (and not blocked or too slow)? Raise timeout= "
+            "for slow renders.\n  " + "\n  ".join(lines),
+            btid=btid,
+            log_tail="\n".join(tails),
+        )
+
+
+def make_loader(dataset: RemoteIterableDataset, batch_size: int = 8, num_workers: int = 0, **kwargs: Any) -> DataLoader:
+    """A DataLoader whose workers can use Ray (forkserver start method when num_workers > 0)."""
+    if num_workers > 0:
+        kwargs.setdefault("multiprocessing_context", "forkserver")
+        kwargs.setdefault("persistent_workers", False)
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, **kwargs)

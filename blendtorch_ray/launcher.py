@@ -1,0 +1,157 @@
+"""Start a named group of supervised Blender instances on Ray, or attach to a running one."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import uuid
+from dataclasses import replace
+from typing import Any, Callable, Optional
+
+import ray
+
+from blendtorch_ray.actor import InstanceHealth, RemoteBlenderActor
+from blendtorch_ray.config import LaunchConfig
+from blendtorch_ray.runtime import ensure_ray
+
+log = logging.getLogger("blendtorch_ray")
+
+
+def actor_name(group: str, btid: int) -> str:
+    """The Ray actor name of instance ``btid`` in ``group``."""
+    return f"{group}/{btid}"
+
+
+class BlenderLauncher:
+    """Launch ``num_instances`` Blender processes, each under its own Ray actor.
+
+    Use as a context manager::
+
+        with BlenderLauncher(script="scene.py", num_instances=2) as bl:
+            for item in bl.dataset(max_items=100):
+                ...
+
+    In local mode (no Ray running) ``ray.init()`` is called for you. Instances start in
+    parallel; ``start()`` returns once every instance passed its readiness handshake, or
+    raises ``BlenderStartError`` (with the Blender log tail) and cleans up.
+    """
+
+    def __init__(self, config: Optional[LaunchConfig] = None, **kwargs: Any) -> None:
+        if config is None:
+            config = LaunchConfig(**kwargs)
+        elif kwargs:
+            config = replace(config, **kwargs)
+        if config.name is None:
+            config = replace(config, name=f"btr-{uuid.uuid4().hex[:8]}")
+        self.config = config
+        self.name: str = config.name  # type: ignore[assignment]
+        self.namespace = config.namespace
+        self.actors: list = []
+        self._owner = True
+        self._started = False
+
+    # -- life cycle ----------------------------------------------------------------
+    def start(self) -> "BlenderLauncher":
+        """Create the actors and wait until every instance is ready."""
+        if self._started:
+            return self
+        ensure_ray(namespace=self.namespace)
+        cfg = self.config
+        try:
+            for btid in range(cfg.num_instances):
+                opts: dict = dict(
+                    name=actor_name(self.name, btid),
+                    namespace=self.namespace,
+                    num_cpus=cfg.num_cpus,
+                    max_restarts=0,
+                )
+                if cfg.num_gpus:
+                    opts["num_gpus"] = cfg.num_gpus
+                if cfg.resources:
+                    opts["resources"] = dict(cfg.resources)
+                self.actors.append(RemoteBlenderActor.options(**opts).remote(cfg, btid))
+            self.ready_info = ray.get([a.wait_ready.remote() for a in self.actors])
+        except BaseException:
+            self.close()
+            raise
+        self._started = True
+        atexit.register(self.close)
+        return self
+
+    def close(self) -> None:
+        """Stop every Blender and its actor (only the launching process owns them)."""
+        if not self._owner:
+            return
+        actors, self.actors = self.actors, []
+        if actors:
+            try:
+                ray.get([a.close.remote() for a in actors], timeout=15)
+            except Exception:  # noqa: BLE001 - dead actors are fine here
+                pass
+            for a in actors:
+                try:
+                    ray.kill(a)
+                except Exception:  # noqa: BLE001
+                    pass
+        self._started = False
+
+    def __enter__(self) -> "BlenderLauncher":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- attach ----------------------------------------------------------------------
+    @classmethod
+    def attach(cls, name: str, namespace: str = "blendtorch", address: Optional[str] = "auto") -> "BlenderLauncher":
+        """Attach to a running group by name (from another driver or a notebook)."""
+        ensure_ray(address=address, namespace=namespace)
+        actors = []
+        while True:
+            try:
+                actors.append(ray.get_actor(actor_name(name, len(actors)), namespace=namespace))
+            except ValueError:
+                break
+        if not actors:
+            raise ValueError(f"no blendtorch-ray group named {name!r} in namespace {namespace!r}")
+        self = cls.__new__(cls)
+        self.config = None  # type: ignore[assignment]
+        self.name, self.namespace, self.actors = name, namespace, actors
+        self._owner, self._started = False, True
+        return self
+
+    # -- use ---------------------------------------------------------------------------
+    @property
+    def num_instances(self) -> int:
+        return len(self.actors)
+
+    def dataset(
+        self,
+        max_items: Optional[int] = None,
+        item_transform: Optional[Callable[[dict], Any]] = None,
+        timeout: float = 60.0,
+        max_batches_in_flight: Optional[int] = None,
+    ):
+        """A torch ``IterableDataset`` over the items of this group (see RemoteIterableDataset)."""
+        from blendtorch_ray.dataset import RemoteIterableDataset
+
+        if not self._started:
+            self.start()
+        inflight = max_batches_in_flight or (self.config.max_batches_in_flight if self.config else 4)
+        return RemoteIterableDataset(
+            group=self.name,
+            namespace=self.namespace,
+            num_instances=self.num_instances,
+            max_items=max_items,
+            item_transform=item_transform,
+            timeout=timeout,
+            max_batches_in_flight=inflight,
+        )
+
+    def health(self) -> list[InstanceHealth]:
+        """Per-instance health (fps, restarts, queue depth, last error, ...)."""
+        return ray.get([a.health.remote() for a in self.actors])
+
+    def pids(self) -> list[int]:
+        """Pids of the current Blender processes (for fault tests and monitoring)."""
+        return ray.get([a.pid.remote() for a in self.actors])

@@ -1,0 +1,100 @@
+"""One Blender subprocess: start it, send its output to a log file, watch it, end it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from typing import Optional, Sequence
+
+from blendtorch_ray.blender import BlenderExecutable
+
+
+def tail_file(path: str, max_lines: int = 30, max_bytes: int = 16_384) -> str:
+    """The last lines of a text file ('' if it does not exist)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-max_lines:])
+
+
+class BlenderProcess:
+    """A supervised Blender subprocess whose stdout and stderr go to ``log_path``.
+
+    The child is started in its own session (so a terminal's Ctrl-C reaches the
+    supervisor, which then ends it in order) and arms its own lifeline against the parent.
+    """
+
+    def __init__(
+        self,
+        blender: BlenderExecutable,
+        script: str,
+        scene: Optional[str],
+        script_args: Sequence[str],
+        log_path: str,
+        env: Optional[dict] = None,
+    ):
+        self.blender = blender
+        self.cmd = blender.command(script, scene, script_args)
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            log.write(f"$ {' '.join(self.cmd)}\n".encode())
+            log.flush()
+            self._popen = subprocess.Popen(
+                self.cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=blender.environment(env),
+                start_new_session=True,
+                close_fds=True,
+            )
+        self.started_at = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        return self._popen.pid
+
+    def poll(self) -> Optional[int]:
+        """Exit code, or None while running (negative: killed by that signal)."""
+        return self._popen.poll()
+
+    def alive(self) -> bool:
+        return self._popen.poll() is None
+
+    def log_tail(self, max_lines: int = 30) -> str:
+        return tail_file(self.log_path, max_lines)
+
+    def terminate(self, timeout: float = 3.0) -> Optional[int]:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; reaps the child."""
+        if self._popen.poll() is None:
+            try:
+                os.killpg(self._popen.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self._popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self._popen.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self._popen.wait(5)
+        return self._popen.poll()
+
+    def describe_exit(self) -> str:
+        code = self._popen.poll()
+        if code is None:
+            return "running"
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exited with code {code}"
