@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
-import time
+import warnings
 from typing import Any, Callable, Iterator, Optional
 
 import ray
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from blendtorch_ray.errors import StreamTimeout
 from blendtorch_ray.launcher import actor_name
@@ -159,8 +159,20 @@ class RemoteIterableDataset(IterableDataset):
         )
 
 
+def collate(batch: list) -> Any:
+    """``default_collate`` without the warning about read-only arrays.
+
+    Arrays from Ray's object store are read-only zero-copy views; collating copies them
+    into the batch tensor anyway, so the warning does not apply.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return default_collate(batch)
+
+
 def make_loader(dataset: RemoteIterableDataset, batch_size: int = 8, num_workers: int = 0, **kwargs: Any) -> DataLoader:
     """A DataLoader whose workers can use Ray (forkserver start method when num_workers > 0)."""
+    kwargs.setdefault("collate_fn", collate)
     if num_workers > 0:
         kwargs.setdefault("multiprocessing_context", "forkserver")
         kwargs.setdefault("persistent_workers", False)
