@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import ray
 import torch
@@ -51,6 +51,9 @@ class RemoteIterableDataset(IterableDataset):
         and showing its log tail).
     max_batches_in_flight: int
         Batches each instance may produce ahead of the consumer.
+    btids: sequence of int or None
+        Read only these instances (e.g. a Ray Train rank's share: ``btid % world_size == rank``);
+        DataLoader workers split them further. None: all ``num_instances``.
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class RemoteIterableDataset(IterableDataset):
         item_transform: Optional[Callable[[dict], Any]] = None,
         timeout: float = 60.0,
         max_batches_in_flight: int = 4,
+        btids: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__()
         if max_items is not None and max_items < 0:
@@ -73,6 +77,10 @@ class RemoteIterableDataset(IterableDataset):
         self.item_transform = item_transform
         self.timeout = timeout
         self.max_batches_in_flight = max_batches_in_flight
+        self.btids = list(range(num_instances)) if btids is None else [int(b) for b in btids]
+        bad = [b for b in self.btids if not 0 <= b < num_instances]
+        if bad:
+            raise ValueError(f"btids {bad} out of range for a group of {num_instances} instances (0..{num_instances - 1})")
         self._address = gcs_address() if ray.is_initialized() else None
         self._creator_pid = os.getpid()
 
@@ -99,7 +107,7 @@ class RemoteIterableDataset(IterableDataset):
         self._connect()
         info = get_worker_info()
         n, k = (info.num_workers, info.id) if info else (1, 0)
-        btids = [b for b in range(self.num_instances) if b % n == k]
+        btids = [b for i, b in enumerate(self.btids) if i % n == k]
         budget = _split(self.max_items, n, k)
         return self._items(btids, budget)
 
