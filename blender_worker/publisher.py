@@ -17,7 +17,8 @@ class DataPublisher:
 
     ``publish(**items)`` blocks when the actor's queue is full (high-water mark), so a slow
     consumer slows Blender down instead of growing memory. Every item gets ``btid``,
-    ``seq`` (per-instance sequence number), ``seed`` and ``epoch`` added.
+    ``seq`` (per-instance sequence number), ``seed``, ``epoch`` and ``generation`` (see
+    ``blender_worker.duplex``) added.
 
     Params
     ------
@@ -38,6 +39,8 @@ class DataPublisher:
         self.launch = launch
         self.btid = launch.btid
         self.seq = 0
+        self.generation = 0
+        """Tagged on every item; a DuplexChannel sets it to the last received message's generation."""
         self._codec = launch.codec
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PUSH)
@@ -62,7 +65,8 @@ class DataPublisher:
         if self._closed:
             raise RuntimeError("publish() on a closed DataPublisher")
         item = dict(items)
-        item.update(btid=self.btid, seq=self.seq, seed=self.launch.seed, epoch=self.launch.epoch)
+        item.update(btid=self.btid, seq=self.seq, seed=self.launch.seed, epoch=self.launch.epoch,
+                    generation=self.generation)
         frames = codec.encode(item, codec=self._codec)
         self._sock.send_multipart(frames, copy=False)
         self.seq += 1

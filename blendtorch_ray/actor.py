@@ -27,6 +27,7 @@ import ray
 from blender_worker import codec
 from blendtorch_ray.blender import find_blender
 from blendtorch_ray.config import LaunchConfig
+from blendtorch_ray.duplex import ControlEndpoint
 from blendtorch_ray.errors import BlenderCrashedError, BlenderStartError
 from blendtorch_ray.process import BlenderProcess
 from blendtorch_ray.transport import ItemReceiver, PrivateDir
@@ -69,6 +70,7 @@ class BlenderActor:
         name = config.name or "blendtorch"
         self.log_path = os.path.join(log_dir, f"{name.replace('/', '_')}-{btid}.log")
         self._receiver = ItemReceiver(self._dir if config.transport == "ipc" else None, config.transport)
+        self._control = ControlEndpoint(self._dir, config.transport, config.codec, btid)
         self._lock = threading.Lock()
         self.epoch = 0
         self.restarts = 0
@@ -101,6 +103,7 @@ class BlenderActor:
             "--btseed", str(self.config.seed_for(self.btid, self.epoch)),
             "--btepoch", str(self.epoch),
             "--btdata", self._receiver.address,
+            "--btcontrol", self._control.address,
             "--btparent", str(os.getpid()),
             "--btcodec", self.config.codec,
             *self.config.args_for(self.btid),
@@ -288,11 +291,22 @@ class BlenderActor:
         return self._finished
 
     @ray.method(concurrency_group="control")
+    def control_send(self, msg_id: int, generation: int, payload: dict) -> None:
+        """Duplex channel: queue a message for Blender (see ``blendtorch_ray.duplex``)."""
+        self._control.send(msg_id, generation, payload)
+
+    @ray.method(concurrency_group="control")
+    def control_recv(self, timeout: float = 0.0) -> list[dict]:
+        """Duplex channel: Blender's replies that arrive within ``timeout`` seconds."""
+        return self._control.recv(timeout)
+
+    @ray.method(concurrency_group="control")
     def close(self) -> None:
         """End Blender and remove the private directory."""
         self._closed = True
         self.process.terminate()
         self._receiver.close()
+        self._control.close()
         self._dir.cleanup()
 
     def __del__(self) -> None:  # best effort: the lifeline in Blender is the guarantee

@@ -148,6 +148,17 @@ class BlenderLauncher:
             max_batches_in_flight=inflight,
         )
 
+    def channel(self) -> "DuplexChannel":
+        """A duplex channel to this group's instances (messages, replies, generations).
+
+        The Blender script receives with ``blender_worker.duplex.DuplexChannel``.
+        """
+        from blendtorch_ray.duplex import DuplexChannel
+
+        if not self._started:
+            self.start()
+        return DuplexChannel(self.actors)
+
     def health(self) -> list[InstanceHealth]:
         """Per-instance health (fps, restarts, queue depth, last error, ...)."""
         return ray.get([a.health.remote() for a in self.actors])
