@@ -1,0 +1,293 @@
+"""The Blender side of a gymnasium environment, served to ``blendtorch_ray.env.BlenderEnv``.
+
+A Blender script subclasses :class:`BaseEnv`, overrides a few methods and calls ``run()``::
+
+    class MyEnv(BaseEnv):
+        def _reset(self, options):          # scene to its initial state (first frame)
+            ...
+        def _prepare_step(self, action):    # apply the action before the frame advances
+            ...
+        def _collect(self):                 # after the frame: the 5-tuple gymnasium wants
+            return obs, reward, terminated, truncated, info
+
+    launch, env_args, remainder = parse_env_args()
+    MyEnv(launch, env_args, frame_range=(1, 10_000)).run()
+
+The driver talks to ``run()`` over a ZeroMQ REQ/REP pair: the driver's REQ socket binds
+(ipc in a private 0700 directory, or tcp on 127.0.0.1) and this REP socket connects to
+``--btcontrol``. Requests are dicts ``{"cmd": ...}``; replies are dicts, ``{"error": text}``
+on failure. Commands: ``hello`` (readiness), ``reset``, ``step``, ``render``, ``close``.
+
+Two modes:
+
+* stepped (default, deterministic): the scene advances exactly one frame per ``step``;
+  Blender waits for the next action, however long it takes.
+* real-time (``--btrealtime``): the simulation free-runs at the scene's frame rate. An action
+  that arrives applies to the frame being simulated; without one, frames advance with the
+  last action. A ``step`` is answered after the frame its action went into. When an episode
+  ends the simulation holds until the next ``reset``.
+
+This module imports only the standard library, numpy, pyzmq and bpy (lazily).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Generic, Optional, Sequence, TypeVar
+
+import numpy as np
+import zmq
+
+from blender_worker import codec
+from blender_worker.arguments import LaunchArgs, parse_launch_args
+
+ObsType = TypeVar("ObsType")
+ActType = TypeVar("ActType")
+
+KIND_ENV = "env"
+"""Message kind of every request and reply on the env channel."""
+
+
+@dataclass(frozen=True)
+class EnvArgs:
+    """Env options the driver passes on Blender's command line (after the launch args)."""
+
+    real_time: bool = False
+    """Free-running simulation instead of one frame per step (``--btrealtime``)."""
+    real_time_fps: Optional[float] = None
+    """Frames per second in real-time mode (``--btfps``); None = the scene's frame rate."""
+
+
+def parse_env_args(argv: Optional[Sequence[str]] = None) -> tuple[LaunchArgs, EnvArgs, list[str]]:
+    """``parse_launch_args`` plus the env options; returns ``(launch, env_args, remainder)``.
+
+    ``remainder`` holds what is left for the script's own ``argparse``.
+    """
+    launch, remainder = parse_launch_args(argv)
+    parser = argparse.ArgumentParser(prog="blender_worker.env", add_help=False)
+    parser.add_argument("--btrealtime", action="store_true")
+    parser.add_argument("--btfps", type=float, default=None)
+    args, rest = parser.parse_known_args(remainder)
+    return launch, EnvArgs(real_time=args.btrealtime, real_time_fps=args.btfps), list(rest)
+
+
+class BaseEnv(Generic[ObsType, ActType]):
+    """Base class of a Blender-side environment; subclasses implement the episode logic.
+
+    Override:
+
+    * ``_reset(options)``: put the scene into the state of a new episode. Called with the
+      scene at the first frame; afterwards the frame is re-evaluated (which also restarts
+      rigid-body physics from the objects' current state). Draw randomness from
+      ``self.np_random`` (reseeded when the driver passes ``reset(seed=...)``).
+    * ``_prepare_step(action)``: apply ``action`` to the scene before the frame advances.
+    * ``_collect()``: after the frame was evaluated, return
+      ``(obs, reward, terminated, truncated, info)``. Also called after a reset, where only
+      ``obs`` and ``info`` are used.
+    * ``_render()`` (optional): an (H, W, 3) uint8 RGB frame; the default renders the active
+      camera with ``blender_worker.render.Renderer`` and ``render_settings``.
+
+    The base class counts steps and sets ``truncated`` once ``max_episode_steps`` steps were
+    taken (when given). ``frameid`` is the current frame, ``steps`` the steps of the episode.
+
+    Params
+    ------
+    launch: LaunchArgs
+        From ``parse_env_args()``; ``control_address`` is where the driver waits.
+    env_args: EnvArgs
+        Stepped or real-time mode (from ``parse_env_args()``).
+    frame_range: tuple[int, int]
+        First frame of every episode and the last frame the scene may reach; the rigid-body
+        cache is sized to it. An episode that reaches the last frame is truncated.
+    max_episode_steps: int, optional
+        Truncate episodes after this many steps.
+    render_settings: RenderSettings, optional
+        Used by the default ``_render()``.
+    """
+
+    def __init__(
+        self,
+        launch: LaunchArgs,
+        env_args: Optional[EnvArgs] = None,
+        *,
+        frame_range: tuple[int, int] = (1, 100_000),
+        max_episode_steps: Optional[int] = None,
+        render_settings: Any = None,
+    ) -> None:
+        import bpy
+
+        if not launch.control_address:
+            raise ValueError(
+                "this Blender was launched without --btcontrol; start it through "
+                "blendtorch_ray.env.BlenderEnv so that it has a driver to answer"
+            )
+        start, end = frame_range
+        if end <= start:
+            raise ValueError(f"frame_range {frame_range}: need at least two frames (end > start)")
+        self.launch = launch
+        self.env_args = env_args or EnvArgs()
+        self.scene = bpy.context.scene
+        self.frame_range = (int(start), int(end))
+        self.max_episode_steps = max_episode_steps
+        self.render_settings = render_settings
+        self.np_random = np.random.default_rng(launch.seed)
+        self.frameid = start
+        self.steps = 0
+        self._renderer = None
+        self._episode_over = True
+        self._last: Optional[tuple] = None
+        self.scene.frame_start, self.scene.frame_end = self.frame_range
+        rbw = self.scene.rigidbody_world
+        if rbw is not None:
+            rbw.point_cache.frame_start, rbw.point_cache.frame_end = self.frame_range
+
+    # ----------------------------------------------------------------- to override
+    def _reset(self, options: Optional[dict]) -> None:
+        """Put the scene into the initial state of a new episode."""
+        raise NotImplementedError
+
+    def _prepare_step(self, action: ActType) -> None:
+        """Apply ``action`` before the next frame is simulated."""
+        raise NotImplementedError
+
+    def _collect(self) -> tuple[ObsType, float, bool, bool, dict]:
+        """Return ``(obs, reward, terminated, truncated, info)`` for the current frame."""
+        raise NotImplementedError
+
+    def _render(self) -> np.ndarray:
+        """Render the active camera into an (H, W, 3) uint8 RGB array."""
+        if self._renderer is None:
+            from blender_worker.render import Renderer
+
+            self._renderer = Renderer(self.render_settings)
+        return np.ascontiguousarray(self._renderer.render()["image"][..., :3])
+
+    # ----------------------------------------------------------------- episode logic
+    def reset(self, seed: Optional[int] = None, options: Optional[dict] = None) -> tuple[ObsType, dict]:
+        """Start a new episode at the first frame; returns ``(obs, info)``."""
+        if seed is not None:
+            self.np_random = np.random.default_rng(seed)
+        start = self.frame_range[0]
+        self.scene.frame_set(start)
+        self._reset(options)
+        self.frameid = start
+        self.steps = 0
+        # Re-evaluate the first frame: picks up _reset's changes and rewinds physics.
+        self.scene.frame_set(start)
+        obs, _, _, _, info = self._collect()
+        self._episode_over = False
+        return obs, info
+
+    def step(self, action: Optional[ActType], apply: bool = True) -> tuple:
+        """Apply ``action`` (unless ``apply`` is False), advance one frame, collect."""
+        if apply:
+            self._prepare_step(action)
+        self.frameid += 1
+        self.steps += 1
+        self.scene.frame_set(self.frameid)
+        obs, reward, terminated, truncated, info = self._collect()
+        if self.max_episode_steps is not None and self.steps >= self.max_episode_steps:
+            truncated = True
+        if self.frameid >= self.frame_range[1]:
+            truncated = True
+        terminated, truncated = bool(terminated), bool(truncated)
+        self._episode_over = terminated or truncated
+        return obs, float(reward), terminated, truncated, info
+
+    # ----------------------------------------------------------------- serving
+    def run(self, poll_ms: int = 100) -> None:
+        """Serve the driver until it sends ``close`` (or goes away: the lifeline ends us)."""
+        ctx = zmq.Context.instance()
+        sock = ctx.socket(zmq.REP)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.connect(self.launch.control_address)
+        try:
+            if self.env_args.real_time:
+                self._serve_real_time(sock)
+            else:
+                self._serve_stepped(sock)
+        finally:
+            sock.close()
+            if self._renderer is not None:
+                self._renderer.close()
+
+    def _serve_stepped(self, sock: "zmq.Socket") -> None:
+        while True:
+            request = _recv(sock)
+            reply, done = self._handle(request)
+            _send(sock, reply)
+            if done:
+                return
+
+    def _serve_real_time(self, sock: "zmq.Socket") -> None:
+        fps = self.env_args.real_time_fps or (self.scene.render.fps / self.scene.render.fps_base)
+        period = 1.0 / fps
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        next_frame = time.monotonic()
+        while True:
+            running = not self._episode_over
+            timeout = max(0.0, next_frame - time.monotonic()) if running else 0.1
+            request = _recv(sock) if poller.poll(int(timeout * 1000)) else None
+            if request is not None and request.get("cmd") == "step" and running:
+                # Late or not, the action goes into the frame simulated now.
+                self._last = self._safe(lambda: self.step(request.get("action")))
+                _send(sock, self._last)
+                next_frame = time.monotonic() + period
+                continue
+            if request is not None:
+                if request.get("cmd") == "step" and self._last is not None:
+                    reply, done = self._last, False  # episode over: repeat its last result
+                else:
+                    reply, done = self._handle(request)
+                _send(sock, reply)
+                if done:
+                    return
+                next_frame = time.monotonic() + period
+                continue
+            if running and time.monotonic() >= next_frame:
+                # Nobody asked: the simulation goes on with the last action.
+                self._last = self._safe(lambda: self.step(None, apply=False))
+                next_frame += period
+
+    def _handle(self, request: dict) -> tuple[Any, bool]:
+        """Answer one request; returns ``(reply, close_now)``."""
+        cmd = request.get("cmd")
+        if cmd == "hello":
+            info = {"btid": self.launch.btid, "seed": self.launch.seed, "epoch": self.launch.epoch}
+            info["real_time"] = self.env_args.real_time
+            return info, False
+        if cmd == "reset":
+            self._last = None
+            return self._safe(lambda: self.reset(request.get("seed"), request.get("options"))), False
+        if cmd == "step":
+            if self._episode_over:
+                return {"error": "step() before reset() or after the episode ended; call reset()"}, False
+            self._last = self._safe(lambda: self.step(request.get("action")))
+            return self._last, False
+        if cmd == "render":
+            return self._safe(self._render), False
+        if cmd == "close":
+            return {"closed": True}, True
+        return {"error": f"unknown command {cmd!r}"}, False
+
+    def _safe(self, fn) -> Any:
+        try:
+            return fn()
+        except Exception:  # noqa: BLE001 - reported to the driver, which raises it
+            text = traceback.format_exc()
+            print(text, flush=True)
+            return {"error": text}
+
+
+def _recv(sock: "zmq.Socket") -> dict:
+    frames = sock.recv_multipart(copy=False)
+    _, obj = codec.decode([f.buffer for f in frames])
+    return obj
+
+
+def _send(sock: "zmq.Socket", obj: Any) -> None:
+    sock.send_multipart(codec.encode(obj, codec="pickle", kind=KIND_ENV), copy=False)

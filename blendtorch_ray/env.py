@@ -1,0 +1,265 @@
+"""A ``gymnasium.Env`` whose simulation runs in its own Blender process.
+
+``BlenderEnv`` launches Blender (bpy wheel or binary, see ``blendtorch_ray.blender``) with a
+script that subclasses ``blender_worker.env.BaseEnv``, and talks to it over ZeroMQ REQ/REP:
+this side binds (ipc in a private 0700 directory, or tcp on 127.0.0.1), Blender connects.
+Blender starts lazily on the first ``reset()`` (so that building an env to read its spaces,
+as vector envs and RLlib do, costs no process) or on ``start()``.
+
+Failure handling: every wait is bounded and checks that Blender still lives. A Blender that
+dies raises ``BlenderCrashedError`` (with the log tail); a silent one ``EnvTimeout``. After
+either, the next ``reset()`` starts a fresh Blender. Blender ends on ``close()``, on garbage
+collection and at interpreter exit; if this process is killed, Blender's lifeline ends it.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import gymnasium as gym
+import numpy as np
+import zmq
+
+from blender_worker import codec
+from blendtorch_ray.blender import find_blender
+from blendtorch_ray.errors import BlenderCrashedError, BlenderStartError, BlendtorchError
+from blendtorch_ray.process import BlenderProcess
+from blendtorch_ray.transport import PrivateDir
+
+KIND_ENV = "env"
+
+
+class EnvTimeout(BlendtorchError, TimeoutError):
+    """Blender did not answer an env request within the configured timeout."""
+
+
+class BlenderEnvError(BlendtorchError):
+    """The Blender-side env raised while handling a request (its traceback is included)."""
+
+
+@dataclass
+class EnvConfig:
+    """How ``BlenderEnv`` launches and talks to its Blender."""
+
+    script: str
+    """Blender-side script; it subclasses ``blender_worker.env.BaseEnv`` and calls ``run()``."""
+    scene: Optional[str] = None
+    """Optional .blend file opened before the script runs."""
+    script_args: Sequence[str] = ()
+    """Extra command line arguments for the script."""
+    real_time: bool = False
+    """Free-running simulation (late actions apply to the current frame) instead of stepped."""
+    real_time_fps: Optional[float] = None
+    """Frame rate in real-time mode; None = the scene's."""
+    btid: int = 0
+    """Instance id passed to Blender (``--btid``); shows in logs and errors."""
+    seed: int = 0
+    """Launch seed (``--btseed``): seeds Blender's ``np_random`` until ``reset(seed=...)``."""
+    blender: Optional[str] = None
+    """Which Blender: None ($BLENDTORCH_BLENDER or the bpy wheel), "bpy", "blender" or a path."""
+    transport: str = "ipc"
+    """"ipc" (unix socket in a private 0700 dir) or "tcp" (127.0.0.1, random port)."""
+    start_timeout: float = 120.0
+    """Seconds for Blender to start and answer its readiness handshake."""
+    step_timeout: float = 60.0
+    """Seconds for any one request (reset, step, render) to be answered."""
+    log_dir: Optional[str] = None
+    """Where the Blender log goes (default: the env's private temp dir)."""
+    env: dict = field(default_factory=dict)
+    """Extra environment variables for Blender."""
+
+    def __post_init__(self) -> None:
+        if not os.path.isfile(self.script):
+            raise FileNotFoundError(f"Blender env script not found: {self.script!r}; pass the path of a .py file")
+        if self.transport not in ("ipc", "tcp"):
+            raise ValueError(f"transport={self.transport!r}: use 'ipc' or 'tcp'")
+        if self.start_timeout <= 0 or self.step_timeout <= 0:
+            raise ValueError("start_timeout and step_timeout must be positive seconds")
+
+
+class _Connection:
+    """One Blender process and the REQ socket that talks to it."""
+
+    def __init__(self, config: EnvConfig, epoch: int) -> None:
+        self.config = config
+        self.dir = PrivateDir(prefix=f"btr-env-{config.btid}-")
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.REQ)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if config.transport == "ipc":
+            self.address = f"ipc://{self.dir.join('env.sock')}"
+            self.sock.bind(self.address)
+        else:
+            port = self.sock.bind_to_random_port("tcp://127.0.0.1")
+            self.address = f"tcp://127.0.0.1:{port}"
+        log_dir = config.log_dir or self.dir.path
+        os.makedirs(log_dir, exist_ok=True)
+        self.log_path = os.path.join(log_dir, f"env-{config.btid}-{epoch}-{os.getpid()}.log")
+        args = [
+            "--btid", str(config.btid), "--btseed", str(config.seed), "--btepoch", str(epoch),
+            "--btcontrol", self.address, "--btparent", str(os.getpid()),
+        ]
+        if config.real_time:
+            args.append("--btrealtime")
+            if config.real_time_fps:
+                args += ["--btfps", str(config.real_time_fps)]
+        self.proc = BlenderProcess(
+            find_blender(config.blender), config.script, config.scene,
+            [*args, *config.script_args], self.log_path, env=config.env or None,
+        )
+        self.ready = False
+        self.sock.send_multipart(codec.encode({"cmd": "hello"}, kind=KIND_ENV), copy=False)
+
+    def close(self) -> None:
+        """End Blender (asking nicely first if it is idle) and release the socket and dir."""
+        if self.proc.alive() and self.ready:
+            try:
+                self.sock.send_multipart(codec.encode({"cmd": "close"}, kind=KIND_ENV), copy=False)
+                if self.sock.poll(2000):
+                    self.sock.recv_multipart()
+            except zmq.ZMQError:
+                pass
+        self.proc.terminate()
+        self.sock.close(0)
+        self.dir.cleanup()
+
+
+def _close_connection(holder: list) -> None:
+    """Finalizer (GC or interpreter exit): close whatever connection the env still holds."""
+    if holder and holder[0] is not None:
+        conn, holder[0] = holder[0], None
+        conn.close()
+
+
+class BlenderEnv(gym.Env):
+    """A gymnasium environment simulated by a Blender script (see the module docstring).
+
+    Subclasses (or ``gymnasium.make`` kwargs) give the spaces; Blender computes everything
+    else. ``render_mode="rgb_array"`` makes ``render()`` return Blender's frame as an
+    (H, W, 3) uint8 array.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
+
+    def __init__(
+        self,
+        config: EnvConfig,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        render_mode: Optional[str] = None,
+    ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode={render_mode!r}: BlenderEnv supports {self.metadata['render_modes']} or None")
+        self.config = config
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.render_mode = render_mode
+        self.epoch = 0
+        self._holder: list = [None]
+        self._broken = False
+        self._finalizer = weakref.finalize(self, _close_connection, self._holder)
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def pid(self) -> Optional[int]:
+        """Pid of the running Blender, or None before the first ``reset()``."""
+        conn = self._holder[0]
+        return conn.proc.pid if conn is not None else None
+
+    @property
+    def log_path(self) -> Optional[str]:
+        conn = self._holder[0]
+        return conn.log_path if conn is not None else None
+
+    def start(self) -> None:
+        """Launch Blender now (normally the first ``reset()`` does); does not wait for it."""
+        if self._holder[0] is None:
+            self._holder[0] = _Connection(self.config, self.epoch)
+            self._broken = False
+
+    def _restart(self) -> None:
+        _close_connection(self._holder)
+        self.epoch += 1
+        self.start()
+
+    def close(self) -> None:
+        """End Blender. Safe to call more than once."""
+        _close_connection(self._holder)
+
+    # ------------------------------------------------------------------ requests
+    def _request(self, message: dict, what: str) -> Any:
+        conn = self._holder[0]
+        if conn is None:
+            raise RuntimeError(f"{what} before reset(): call reset() first (it starts Blender)")
+        if self._broken:
+            raise BlenderCrashedError(
+                f"env btid={self.config.btid}: an earlier request failed; call reset() to start a fresh Blender",
+                btid=self.config.btid,
+            )
+        if not conn.ready:
+            self._wait(conn, "readiness handshake", self.config.start_timeout, BlenderStartError)
+            conn.ready = True
+        conn.sock.send_multipart(codec.encode(message, kind=KIND_ENV), copy=False)
+        reply = self._wait(conn, what, self.config.step_timeout, BlenderCrashedError)
+        if isinstance(reply, dict) and "error" in reply:
+            raise BlenderEnvError(
+                f"env btid={self.config.btid}: the Blender-side env failed in {what}:\n{reply['error']}",
+                btid=self.config.btid, log_path=conn.log_path,
+            )
+        return reply
+
+    def _wait(self, conn: _Connection, what: str, timeout: float, died: type) -> Any:
+        """Wait for one reply, checking every 100 ms that Blender lives."""
+        waited = 0.0
+        while not conn.sock.poll(100):
+            waited += 0.1
+            if not conn.proc.alive():
+                self._broken = True
+                raise died(
+                    f"env btid={self.config.btid}: Blender {conn.proc.describe_exit()} while waiting for "
+                    f"{what}; the next reset() starts a fresh Blender",
+                    btid=self.config.btid, log_tail=conn.proc.log_tail(), log_path=conn.log_path,
+                )
+            if waited >= timeout:
+                self._broken = True
+                raise EnvTimeout(
+                    f"env btid={self.config.btid}: no answer to {what} within {timeout:.0f} s; raise "
+                    "EnvConfig.start_timeout/step_timeout if Blender is just slow. The next reset() "
+                    "starts a fresh Blender",
+                    btid=self.config.btid, log_tail=conn.proc.log_tail(), log_path=conn.log_path,
+                )
+        frames = conn.sock.recv_multipart(copy=False)
+        _, obj = codec.decode([f.buffer for f in frames])
+        return obj
+
+    # ------------------------------------------------------------------ gymnasium API
+    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> tuple[Any, dict]:
+        """Start an episode; starts (or, after a failure, restarts) Blender as needed."""
+        super().reset(seed=seed)
+        conn = self._holder[0]
+        if conn is None:
+            self.start()
+        elif self._broken or not conn.proc.alive():
+            self._restart()
+        if seed is not None:
+            seed = int(seed)
+        obs, info = self._request({"cmd": "reset", "seed": seed, "options": options}, "reset()")
+        return obs, info
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        """Send ``action``; Blender advances (one frame when stepped) and answers."""
+        if isinstance(action, np.ndarray) and action.ndim == 0:
+            action = action.item()
+        obs, reward, terminated, truncated, info = self._request({"cmd": "step", "action": action}, "step()")
+        return obs, float(reward), bool(terminated), bool(truncated), info
+
+    def render(self) -> Optional[np.ndarray]:
+        """Blender's current frame as (H, W, 3) uint8 when ``render_mode="rgb_array"``."""
+        if self.render_mode is None:
+            gym.logger.warn("render() called with render_mode=None; pass render_mode='rgb_array'")
+            return None
+        return self._request({"cmd": "render"}, "render()")
+
