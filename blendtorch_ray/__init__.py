@@ -29,3 +29,8 @@ __all__ = [
     "BlenderCrashedError",
     "StreamTimeout",
 ]
+
+try:  # register the bundled gymnasium envs ("blendtorch/CartPole-v0") when the rl extra is installed
+    import blendtorch_ray.envs as _envs  # noqa: F401
+except ImportError:  # gymnasium missing: envs are unavailable, the rest works
+    pass
