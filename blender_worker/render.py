@@ -4,6 +4,8 @@ Blender's ``Render Result`` holds no pixels in background mode, so each frame is
 with ``write_still`` to an uncompressed file on /dev/shm and read back with numpy:
 uncompressed Targa for display-referred 8-bit RGBA (view transform applied) and
 uncompressed OpenEXR (read with the ``OpenEXR`` package) for scene-linear float RGBA.
+Ground-truth passes (depth, instance and semantic ids, normals; see ``blender_worker.passes``)
+come from one multilayer OpenEXR of the same render: ``render(passes=("rgba", "depth"))``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ class RenderSettings:
     """Cycles / Eevee samples."""
     workbench_aa: Optional[str] = None
     """Workbench anti-aliasing: 'OFF', 'FXAA', '5', '8', '11', '16', '32'."""
+    auto_instance_ids: bool = True
+    """Before rendering 'instance'/'semantic', give objects whose ``pass_index`` is 0 a free id."""
+    category_property: str = "category_id"
+    """Custom property (on objects or their collections) that holds the 'semantic' class id."""
 
 
 def read_tga(path: str) -> np.ndarray:
@@ -67,6 +73,30 @@ def read_exr(path: str) -> dict[str, np.ndarray]:
 
     with OpenEXR.File(path) as f:
         return {name: np.array(ch.pixels) for name, ch in f.channels().items()}
+
+
+def read_exr_layers(path: str) -> dict[str, np.ndarray]:
+    """Read a multilayer OpenEXR as written by Blender: one float32 array per render pass.
+
+    Keys are Blender's pass names without the view layer ("Combined", "Depth", "Normal",
+    "Object Index", AOV names); single-channel passes are (H, W), others (H, W, C) with the
+    channels in R, G, B, A / X, Y, Z order.
+    """
+    import OpenEXR
+
+    order = {c: i for i, c in enumerate("RGBAXYZUVW")}
+    out: dict[str, np.ndarray] = {}
+    with OpenEXR.File(path, separate_channels=True) as f:
+        for part in f.parts:
+            groups: dict[str, list[tuple[str, np.ndarray]]] = {}
+            for name, ch in part.channels.items():
+                layer, _, comp = name.rpartition(".")
+                groups.setdefault(layer, []).append((comp, np.array(ch.pixels)))
+            for layer, chans in groups.items():
+                key = layer.split(".", 1)[1] if "." in layer else layer
+                chans.sort(key=lambda c: order.get(c[0], 99))
+                out[key] = chans[0][1] if len(chans) == 1 else np.stack([c[1] for c in chans], axis=-1)
+    return out
 
 
 class Renderer:
@@ -113,24 +143,95 @@ class Renderer:
         scale = r.resolution_percentage / 100.0
         return int(r.resolution_y * scale), int(r.resolution_x * scale)
 
-    def render(self, color: str = "srgb8") -> dict[str, np.ndarray]:
-        """Render one frame of the current scene state."""
+    def render(self, color: str = "srgb8", passes: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+        """Render one frame of the current scene state.
+
+        Without ``passes`` returns ``{"image": ...}``. With ``passes`` (names from
+        ``blender_worker.passes.PASSES``: "rgba", "depth", "instance", "semantic", "normal")
+        returns one array per requested name, all of the same frame; ``color`` then sets
+        the dtype of "rgba".
+        """
+        if color not in ("srgb8", "linear"):
+            raise ValueError(f"unknown color {color!r}: use 'srgb8' or 'linear'")
+        if passes is not None:
+            return self._render_passes(tuple(passes) if not isinstance(passes, str) else (passes,), color)
         fmt = self.scene.render.image_settings
+        fmt.media_type = "IMAGE"
         if color == "srgb8":
             path = os.path.join(self._dir, "frame.tga")
             fmt.file_format = "TARGA_RAW"
             fmt.color_mode = "RGBA"
             self._write(path)
             return {"image": read_tga(path)}
-        if color == "linear":
-            path = os.path.join(self._dir, "frame.exr")
-            fmt.file_format = "OPEN_EXR"
-            fmt.color_mode = "RGBA"
-            fmt.color_depth = "32"
-            fmt.exr_codec = "NONE"
-            self._write(path)
-            return {"image": read_exr(path)["RGBA"]}
-        raise ValueError(f"unknown color {color!r}: use 'srgb8' or 'linear'")
+        path = os.path.join(self._dir, "frame.exr")
+        fmt.file_format = "OPEN_EXR"
+        fmt.color_mode = "RGBA"
+        fmt.color_depth = "32"
+        fmt.exr_codec = "NONE"
+        self._write(path)
+        return {"image": read_exr(path)["RGBA"]}
+
+    @property
+    def instance_ids(self) -> dict[int, str]:
+        """``{instance id: object name}`` of the objects that the 'instance' pass can show."""
+        return _passes().instance_ids(self.scene)
+
+    def _render_passes(self, names: tuple[str, ...], color: str) -> dict[str, np.ndarray]:
+        P = _passes()
+        engine = self.scene.render.engine
+        names = P.check_passes(names, engine)
+        want_ids = bool({"instance", "semantic"} & set(names))
+        if want_ids and self.settings.auto_instance_ids:
+            P.assign_instance_ids(self.scene)
+        P.enable_view_layer_passes(bpy.context.view_layer, names, engine)
+        fmt = self.scene.render.image_settings
+        fmt.media_type = "MULTI_LAYER_IMAGE"
+        fmt.file_format = "OPEN_EXR_MULTILAYER"
+        fmt.color_depth = "32"
+        fmt.exr_codec = "NONE"
+        path = os.path.join(self._dir, "passes.exr")
+        self._write(path)
+        layers = read_exr_layers(path)
+        out: dict[str, np.ndarray] = {}
+        if "rgba" in names:
+            out["rgba"] = layers["Combined"] if color == "linear" else self._display_srgb8(path)
+        if "depth" in names:
+            depth = layers["Depth"]
+            clip_end = self.scene.camera.data.clip_end if self.scene.camera else np.inf
+            out["depth"] = np.where(depth >= clip_end * (1.0 - 1e-5), np.inf, depth).astype(np.float32)
+        if want_ids:
+            if engine == "CYCLES":
+                ids = np.rint(layers["Object Index"]).astype(np.int32)
+            else:
+                ids = P.IdRender(self.scene).render(os.path.join(self._dir, "ids.exr"))
+            if "instance" in names:
+                out["instance"] = ids
+            if "semantic" in names:
+                lut = P.semantic_lut(self.scene, self.settings.category_property)
+                out["semantic"] = lut[np.clip(ids, 0, len(lut) - 1)]
+        if "normal" in names:
+            out["normal"] = layers["Normal"].astype(np.float32)
+        return {k: out[k] for k in names}
+
+    def _display_srgb8(self, exr_path: str) -> np.ndarray:
+        """The Combined pass with the scene's view transform applied, as (H, W, 4) uint8.
+
+        Blender's own colour management does the conversion (``Image.save_render`` of the
+        loaded EXR), so the result matches ``render()`` whatever the view transform is.
+        """
+        img = getattr(self, "_exr_image", None)
+        if img is None or img.name not in bpy.data.images:
+            img = self._exr_image = bpy.data.images.load(exr_path, check_existing=False)
+        else:
+            img.filepath = exr_path
+            img.reload()
+        fmt = self.scene.render.image_settings
+        fmt.media_type = "IMAGE"
+        fmt.file_format = "TARGA_RAW"
+        fmt.color_mode = "RGBA"
+        tga = os.path.join(self._dir, "passes.tga")
+        img.save_render(tga, scene=self.scene)
+        return read_tga(tga)
 
     def _write(self, path: str) -> None:
         self.scene.render.filepath = path
@@ -141,3 +242,9 @@ class Renderer:
         import shutil
 
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _passes():
+    from blender_worker import passes
+
+    return passes
