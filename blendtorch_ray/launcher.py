@@ -148,6 +148,20 @@ class BlenderLauncher:
             max_batches_in_flight=inflight,
         )
 
+    def ray_dataset(self, num_items: int, **options: Any):
+        """A bounded ``ray.data.Dataset`` of ``num_items`` items from this group.
+
+        ``options``: ``btids``, ``ray_remote_args`` and the ``blendtorch_ray.ray_data.ReadOptions``
+        fields (block_size, columns, objects, timeout, ...). Lazy: each pass renders fresh items.
+        """
+        from blendtorch_ray.ray_data import read_group
+
+        if not self._started:
+            self.start()
+        if self.config is not None:
+            options.setdefault("max_batches_in_flight", self.config.max_batches_in_flight)
+        return read_group(self.name, self.namespace, self.num_instances, num_items, **options)
+
     def channel(self) -> "DuplexChannel":
         """A duplex channel to this group's instances (messages, replies, generations).
 
