@@ -32,6 +32,7 @@ CODECS = ("pickle", "json")
 # Message kinds.
 KIND_ITEM = "item"
 KIND_READY = "ready"
+KIND_END = "end"
 
 
 class CodecError(ValueError):

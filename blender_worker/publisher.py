@@ -76,6 +76,8 @@ class DataPublisher:
         if self._closed:
             return
         self._closed = True
+        # End marker: tells the actor that every item of this epoch has been sent.
+        self._sock.send_multipart(codec.encode({"count": self.seq}, codec="json", kind=codec.KIND_END))
         if linger_ms is not None:
             self._sock.setsockopt(zmq.LINGER, linger_ms)
         self._sock.close()

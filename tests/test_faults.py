@@ -1,0 +1,115 @@
+"""Fault tests with real processes: Blender killed mid-stream, driver killed, clean close."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from blendtorch_ray import BlenderCrashedError, BlenderLauncher
+from conftest import REPO, TEST_SCRIPTS, blender_pids, wait_until
+
+pytestmark = [pytest.mark.blender, pytest.mark.ray]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def test_sigkilled_blender_is_restarted_and_stream_goes_on(ray_session, caplog):
+    with BlenderLauncher(script=str(TEST_SCRIPTS / "forever.py"), num_instances=2, restart_backoff=0.2) as bl:
+        it = iter(bl.dataset(timeout=60))
+        before = [next(it) for _ in range(40)]
+        old_pids = bl.pids()
+        os.kill(old_pids[0], signal.SIGKILL)
+        after = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            item = next(it)
+            after.append(item)
+            if item["btid"] == 0 and item["epoch"] == 1 and len(after) > 20:
+                break
+        health = bl.health()
+        new_pids = bl.pids()
+    assert any(i["btid"] == 0 and i["epoch"] == 1 for i in after), "instance 0 never came back"
+    assert health[0].restarts == 1 and health[1].restarts == 0
+    assert "killed by SIGKILL" in (health[0].last_error or "")
+    assert new_pids[0] != old_pids[0] and new_pids[1] == old_pids[1]
+    # Same btid, new seed epoch; no item delivered twice.
+    restarted = [i for i in after if i["btid"] == 0 and i["epoch"] == 1]
+    assert restarted[0]["seed"] != before[0]["seed"] if before[0]["btid"] == 0 else True
+    keys = [(i["btid"], i["epoch"], i["seq"]) for i in before + after]
+    assert len(keys) == len(set(keys))
+    assert not _alive(old_pids[0])
+
+
+def test_crash_loop_is_bounded_and_reported(ray_session, write_script):
+    script = write_script(
+        """
+        import blender_worker as bw
+        launch, _ = bw.parse_launch_args()
+        pub = bw.DataPublisher(launch)
+        for i in range(3):
+            pub.publish(i=i)
+        pub.close()
+        raise RuntimeError(f"crash in epoch {launch.epoch}")
+        """
+    )
+    with BlenderLauncher(script=script, max_restarts=2, restart_backoff=0.1) as bl:
+        got = []
+        with pytest.raises(BlenderCrashedError) as err:
+            for item in bl.dataset(timeout=60):
+                got.append((item["epoch"], item["i"]))
+    assert got == [(e, i) for e in range(3) for i in range(3)]
+    msg = str(err.value)
+    assert "gave up after 2 restart(s)" in msg and "crash in epoch 2" in msg
+
+
+def test_close_leaves_no_blender_process(ray_session):
+    bl = BlenderLauncher(script=str(TEST_SCRIPTS / "forever.py"), num_instances=2).start()
+    pids = bl.pids()
+    assert all(_alive(p) for p in pids)
+    bl.close()
+    assert wait_until(lambda: not any(_alive(p) for p in pids), timeout=15)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_driver_leaves_no_orphan_blender(sig):
+    """A separate driver process (its own local Ray) is killed; its Blenders must go too."""
+    env = dict(os.environ, PYTHONPATH=str(REPO / "tests"))
+    env.pop("RAY_ADDRESS", None)
+    driver = subprocess.Popen(
+        [sys.executable, str(REPO / "tests" / "drivers" / "launch_and_wait.py"), str(TEST_SCRIPTS / "forever.py"), "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, start_new_session=True,
+    )
+    try:
+        pids = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = driver.stdout.readline()
+            if line.startswith("PIDS"):
+                pids = [int(p) for p in line.split()[1:]]
+                break
+            if not line and driver.poll() is not None:
+                break
+        assert len(pids) == 2, "driver did not report its Blender pids"
+        assert all(_alive(p) for p in pids)
+        os.kill(driver.pid, sig)
+        assert wait_until(lambda: not any(_alive(p) for p in pids), timeout=30), (
+            f"Blender processes {[p for p in pids if _alive(p)]} outlived their driver"
+        )
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(10)
