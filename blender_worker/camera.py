@@ -4,6 +4,18 @@ Conventions: NDC are OpenGL-style, x and y in [-1, 1] inside the image; pixels a
 ``(x, y)`` with the origin at the upper-left corner of the image and y pointing down
 (OpenCV), unless ``origin="lower-left"`` is asked for. Depth is the distance along the
 camera's viewing axis (camera-space ``-z``), in scene units.
+
+Annotation conventions (see each method):
+
+- Blender camera space: x right, y up, the camera looks along -z.
+- OpenCV (``K``, ``extrinsics_opencv``): x right, y down, z forward; ``x_cam = R @ x_world + t``;
+  ``K`` puts pixel centres at integer coordinates, so ``K``-projected points are
+  ``world_to_pixel(...) - 0.5``.
+- PyTorch3D (``pytorch3d_cameras``): x left, y up, z forward, row vectors
+  (``x_view = x_world @ R + T``); the same numbers
+  ``pytorch3d.utils.cameras_from_opencv_projection`` computes.
+- COCO boxes/keypoints use ``world_to_pixel``'s continuous pixel coordinates (pixel (0, 0)
+  covers [0, 1] x [0, 1]).
 """
 
 from __future__ import annotations
@@ -13,6 +25,11 @@ from typing import Optional, Sequence
 import bpy
 import numpy as np
 from mathutils import Vector
+
+BLENDER_TO_OPENCV = np.diag([1.0, -1.0, -1.0])
+"""Blender camera axes (x right, y up, -z forward) to OpenCV (x right, y down, z forward)."""
+OPENCV_TO_PYTORCH3D = np.diag([-1.0, -1.0, 1.0])
+"""OpenCV camera axes to PyTorch3D view axes (x left, y up, z forward)."""
 
 
 def _hom(x: np.ndarray) -> np.ndarray:
@@ -124,3 +141,137 @@ class Camera:
         self.bpy_camera.rotation_euler = direction.to_track_quat("-Z", "Y").to_euler()
         self.bpy_camera.location = Vector(look_from)
         self.update_view_matrix()
+
+    # --- annotations: intrinsics, extrinsics, boxes, keypoints, visibility -------------------
+
+    @property
+    def K(self) -> np.ndarray:
+        """3x3 OpenCV intrinsics ``[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]`` in pixels, pixel
+        centres at integer coordinates (perspective cameras only)."""
+        if self.type != "PERSP":
+            raise ValueError(f"intrinsics K need a perspective camera, this one is {self.type}")
+        h, w = self.shape
+        p = self.proj_matrix
+        return np.array(
+            [
+                [0.5 * w * p[0, 0], 0.0, 0.5 * w * (1.0 - p[0, 2]) - 0.5],
+                [0.0, 0.5 * h * p[1, 1], 0.5 * h * (1.0 + p[1, 2]) - 0.5],
+                [0.0, 0.0, 1.0],
+            ]
+        )
+
+    def extrinsics_opencv(self) -> np.ndarray:
+        """4x4 world-to-camera matrix ``[[R, t], [0, 1]]`` in OpenCV axes: ``x_cam = R @ x_world + t``
+        (``cv2.projectPoints(X, cv2.Rodrigues(R)[0], t, K, None)`` reproduces the projection)."""
+        m = np.eye(4)
+        m[:3, :] = BLENDER_TO_OPENCV @ self.view_matrix[:3, :]
+        return m
+
+    def pytorch3d_cameras(self) -> dict[str, np.ndarray]:
+        """Arguments for ``pytorch3d.renderer.PerspectiveCameras(in_ndc=False, **kw)`` (batch of 1):
+        ``R`` (1, 3, 3) and ``T`` (1, 3) with ``x_view = x_world @ R + T``, ``focal_length`` (1, 2),
+        ``principal_point`` (1, 2), ``image_size`` (1, 2) as (H, W)."""
+        ext = self.extrinsics_opencv()
+        K = self.K
+        R = (OPENCV_TO_PYTORCH3D @ ext[:3, :3]).T
+        T = OPENCV_TO_PYTORCH3D @ ext[:3, 3]
+        return {
+            "R": R[None],
+            "T": T[None],
+            "focal_length": np.array([[K[0, 0], K[1, 1]]]),
+            "principal_point": np.array([[K[0, 2], K[1, 2]]]),
+            "image_size": np.array([self.shape]),
+        }
+
+    def world_to_camera(self, xyz_world: np.ndarray, convention: str = "opencv") -> np.ndarray:
+        """(N, 3) world points in camera coordinates: 'opencv', 'pytorch3d' or 'blender' axes."""
+        cam = _hom(np.atleast_2d(np.asarray(xyz_world, dtype=np.float64))) @ self.view_matrix.T
+        axes = {"blender": np.eye(3), "opencv": BLENDER_TO_OPENCV,
+                "pytorch3d": OPENCV_TO_PYTORCH3D @ BLENDER_TO_OPENCV}
+        if convention not in axes:
+            raise ValueError(f"unknown convention {convention!r}: use one of {sorted(axes)}")
+        return cam[:, :3] @ axes[convention].T
+
+    @staticmethod
+    def object_vertices(obj: "bpy.types.Object") -> np.ndarray:
+        """(N, 3) world coordinates of the evaluated mesh vertices of ``obj``."""
+        ev = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
+        mesh = ev.to_mesh()
+        try:
+            xyz = np.empty(len(mesh.vertices) * 3, dtype=np.float64)
+            mesh.vertices.foreach_get("co", xyz)
+        finally:
+            ev.to_mesh_clear()
+        return (_hom(xyz.reshape(-1, 3)) @ np.asarray(ev.matrix_world).T)[:, :3]
+
+    @staticmethod
+    def bbox3d(obj: "bpy.types.Object") -> np.ndarray:
+        """(8, 3) world coordinates of the corners of ``obj``'s oriented bounding box, in
+        Blender's ``bound_box`` order (x-, y-, z- corner first)."""
+        m = np.asarray(obj.matrix_world)
+        return (_hom(np.array([list(c) for c in obj.bound_box], dtype=np.float64)) @ m.T)[:, :3]
+
+    def box2d(self, obj: "bpy.types.Object", clip: bool = True) -> Optional[tuple[float, float, float, float]]:
+        """Tight 2D box ``(x0, y0, x1, y1)`` of the projected mesh vertices, ignoring occlusion
+        (the amodal box); clipped to the image unless ``clip=False``. None if the object is
+        behind the camera or outside the image."""
+        pix, z = self.world_to_pixel(self.object_vertices(obj), return_depth=True)
+        pix = pix[z > 0]
+        if not len(pix):
+            return None
+        x0, y0 = pix.min(axis=0)
+        x1, y1 = pix.max(axis=0)
+        if clip:
+            h, w = self.shape
+            x0, x1 = np.clip([x0, x1], 0, w)
+            y0, y1 = np.clip([y0, y1], 0, h)
+            if x1 <= x0 or y1 <= y0:
+                return None
+        return float(x0), float(y0), float(x1), float(y1)
+
+    def occluded(self, xyz_world: np.ndarray, ignore: Sequence["bpy.types.Object"] = (), eps: float = 1e-4) -> np.ndarray:
+        """(N,) bool: is something between the camera and each world point? (scene ray casts;
+        a hit within ``eps`` relative distance of the point, or on an object in ``ignore``,
+        does not count)."""
+        depsgraph = bpy.context.evaluated_depsgraph_get()
+        scene = bpy.context.scene
+        origin = Vector(self.bpy_camera.matrix_world.translation)
+        ignored = {o.name for o in ignore}
+        out = np.zeros(len(np.atleast_2d(xyz_world)), dtype=bool)
+        for i, p in enumerate(np.atleast_2d(xyz_world)):
+            d = Vector(p) - origin
+            dist = d.length
+            start, left = origin, dist * (1.0 - eps)
+            while left > 0:
+                hit, loc, _, _, obj, _ = scene.ray_cast(depsgraph, start, d.normalized(), distance=left)
+                if not hit:
+                    break
+                if obj.name not in ignored:
+                    out[i] = True
+                    break
+                step = (loc - start).length + 1e-6
+                start, left = loc + d.normalized() * 1e-6, left - step
+        return out
+
+    def keypoints(self, xyz_world: np.ndarray, ignore: Sequence["bpy.types.Object"] = ()) -> np.ndarray:
+        """(N, 3) COCO keypoints ``(x, y, v)`` of world points: v = 2 visible, 1 in the image
+        but occluded (ray cast), 0 behind the camera or outside the image (x = y = 0 then)."""
+        pts = np.atleast_2d(np.asarray(xyz_world, dtype=np.float64))
+        pix, z = self.world_to_pixel(pts, return_depth=True)
+        h, w = self.shape
+        inside = (z > 0) & (pix[:, 0] >= 0) & (pix[:, 0] < w) & (pix[:, 1] >= 0) & (pix[:, 1] < h)
+        v = np.where(inside, 2, 0)
+        if inside.any():
+            occ = self.occluded(pts[inside], ignore=ignore)
+            v[np.flatnonzero(inside)[occ]] = 1
+        out = np.zeros((len(pts), 3))
+        out[:, :2] = np.where(inside[:, None], pix, 0.0)
+        out[:, 2] = v
+        return out
+
+    def visible_fraction(self, obj: "bpy.types.Object") -> float:
+        """Share of ``obj``'s mesh vertices that are in the image and not hidden by other
+        objects (ray casts): 1.0 fully visible, 0.0 hidden or off screen. Points on the object's
+        own far side count as hidden by itself, so a solid object rarely reaches 1.0."""
+        kp = self.keypoints(self.object_vertices(obj))
+        return float(np.mean(kp[:, 2] == 2)) if len(kp) else 0.0

@@ -1,0 +1,158 @@
+"""Domain randomisation helpers, all driven by one seeded ``numpy.random.Generator``.
+
+Seed the generator from the instance seed (``rng = make_rng(launch.seed)``) and call the
+helpers in a fixed order per frame: the same seed then gives the same stream, frame by frame.
+
+    rng = make_rng(launch.seed)
+    random_materials(objs, rng)
+    random_light(rng, light)
+    place_without_overlap(objs, rng, area=(-3, 3, -3, 3))
+    camera_on_sphere(cam, rng, target=(0, 0, 0), radius=(6, 9), elevation=(15, 60))
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import bpy
+import numpy as np
+from mathutils import Vector
+
+
+def make_rng(seed: Optional[int], stream: int = 0) -> np.random.Generator:
+    """Generator for ``seed`` (the instance seed); ``stream`` gives independent sub-streams."""
+    return np.random.default_rng([int(seed or 0), int(stream)])
+
+
+def random_color(rng: np.random.Generator, low: float = 0.05, high: float = 1.0) -> tuple[float, float, float, float]:
+    """Random linear RGBA colour (alpha 1) with each channel in [low, high]."""
+    return (*(float(c) for c in rng.uniform(low, high, size=3)), 1.0)
+
+
+def random_materials(
+    objects: Sequence["bpy.types.Object"],
+    rng: np.random.Generator,
+    roughness: tuple[float, float] = (0.2, 0.9),
+    metallic: tuple[float, float] = (0.0, 0.5),
+) -> None:
+    """Give each object its own Principled material with random base colour, roughness and
+    metallic. Also sets ``obj.color`` to the same colour so Workbench (colour type 'OBJECT')
+    shows it."""
+    for obj in objects:
+        color = random_color(rng)
+        name = f"btr-random-{obj.name}"
+        mat = bpy.data.materials.get(name) or bpy.data.materials.new(name)
+        mat.diffuse_color = color
+        if mat.node_tree is None:  # Blender < 5 creates materials without nodes
+            mat.use_nodes = True
+        bsdf = next((n for n in mat.node_tree.nodes if n.type == "BSDF_PRINCIPLED"), None)
+        if bsdf is not None:
+            bsdf.inputs["Base Color"].default_value = color
+            bsdf.inputs["Roughness"].default_value = float(rng.uniform(*roughness))
+            bsdf.inputs["Metallic"].default_value = float(rng.uniform(*metallic))
+        if obj.data is not None and hasattr(obj.data, "materials"):
+            obj.data.materials.clear()
+            obj.data.materials.append(mat)
+        obj.color = color
+
+
+def sphere_point(
+    rng: np.random.Generator,
+    center: Sequence[float] = (0.0, 0.0, 0.0),
+    radius: tuple[float, float] = (5.0, 8.0),
+    elevation: tuple[float, float] = (10.0, 60.0),
+    azimuth: tuple[float, float] = (0.0, 360.0),
+) -> np.ndarray:
+    """A random point on a spherical shell around ``center``: radius, elevation above the xy
+    plane and azimuth (degrees) drawn uniformly from their ranges."""
+    r = rng.uniform(*radius)
+    el = np.radians(rng.uniform(*elevation))
+    az = np.radians(rng.uniform(*azimuth))
+    return np.asarray(center, dtype=np.float64) + r * np.array(
+        [np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)]
+    )
+
+
+def camera_on_sphere(
+    camera,
+    rng: np.random.Generator,
+    target: Sequence[float] = (0.0, 0.0, 0.0),
+    radius: tuple[float, float] = (5.0, 8.0),
+    elevation: tuple[float, float] = (10.0, 60.0),
+    azimuth: tuple[float, float] = (0.0, 360.0),
+) -> np.ndarray:
+    """Put ``camera`` (a ``blender_worker.Camera``) at a random point of a sphere around
+    ``target``, looking at it. Returns the camera location."""
+    loc = sphere_point(rng, target, radius, elevation, azimuth)
+    camera.look_at(look_at=tuple(target), look_from=tuple(loc))
+    return loc
+
+
+def random_light(
+    rng: np.random.Generator,
+    light: Optional["bpy.types.Object"] = None,
+    target: Sequence[float] = (0.0, 0.0, 0.0),
+    radius: tuple[float, float] = (4.0, 8.0),
+    elevation: tuple[float, float] = (30.0, 80.0),
+    energy: tuple[float, float] = (300.0, 1500.0),
+    color_low: float = 0.7,
+) -> "bpy.types.Object":
+    """Move ``light`` (default: a point light created on first use) to a random point above
+    ``target`` with random energy (W) and a random, mostly white colour."""
+    if light is None:
+        data = bpy.data.lights.new("btr-random-light", type="POINT")
+        light = bpy.data.objects.new("btr-random-light", data)
+        bpy.context.scene.collection.objects.link(light)
+    light.location = Vector(sphere_point(rng, target, radius, elevation))
+    light.data.energy = float(rng.uniform(*energy))
+    light.data.color = random_color(rng, color_low, 1.0)[:3]
+    return light
+
+
+def footprint_radius(obj: "bpy.types.Object") -> float:
+    """Radius of the circle that holds ``obj``'s bounding box seen from above (world units)."""
+    corners = np.array([list(obj.matrix_world @ Vector(c)) for c in obj.bound_box])
+    center = np.asarray(obj.matrix_world.translation)[:2]
+    return float(np.max(np.linalg.norm(corners[:, :2] - center, axis=1)))
+
+
+def place_without_overlap(
+    objects: Sequence["bpy.types.Object"],
+    rng: np.random.Generator,
+    area: tuple[float, float, float, float] = (-3.0, 3.0, -3.0, 3.0),
+    z: Optional[float] = None,
+    margin: float = 0.05,
+    random_yaw: bool = True,
+    max_tries: int = 200,
+) -> None:
+    """Scatter ``objects`` over ``area`` = (xmin, xmax, ymin, ymax) so that their footprints
+    (circles around their bounding boxes, plus ``margin``) do not overlap. ``z`` sets the
+    height of every object (default: keep it). Raises ValueError if they do not fit."""
+    xmin, xmax, ymin, ymax = area
+    if xmax <= xmin or ymax <= ymin:
+        raise ValueError(f"area {area} is empty: give (xmin, xmax, ymin, ymax) with min < max")
+    placed: list[tuple[np.ndarray, float]] = []
+    for obj in objects:
+        if random_yaw:
+            obj.rotation_mode = "XYZ"
+            obj.rotation_euler[2] = float(rng.uniform(0.0, 2.0 * np.pi))
+        if z is not None:
+            obj.location.z = z
+        bpy.context.view_layer.update()
+        rad = footprint_radius(obj)
+        for _ in range(max_tries):
+            xy = np.array([rng.uniform(xmin + rad, xmax - rad), rng.uniform(ymin + rad, ymax - rad)]) if (
+                xmax - xmin > 2 * rad and ymax - ymin > 2 * rad
+            ) else None
+            if xy is None:
+                raise ValueError(f"{obj.name} (footprint radius {rad:.2f}) does not fit in area {area}")
+            if all(np.linalg.norm(xy - c) >= rad + r + margin for c, r in placed):
+                break
+        else:
+            raise ValueError(
+                f"could not place {obj.name} without overlap after {max_tries} tries: "
+                "enlarge the area, place fewer objects or make them smaller"
+            )
+        obj.location.x, obj.location.y = float(xy[0]), float(xy[1])
+        placed.append((xy, rad))
+    bpy.context.view_layer.update()
