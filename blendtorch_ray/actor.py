@@ -197,8 +197,10 @@ class BlenderActor:
                 msg = self._recv(50)
             if msg is not None:
                 header, obj = msg
-                if header.get("kind") != codec.KIND_ITEM:
+                if header.get("kind") == codec.KIND_READY:
                     self._ready = True
+                    continue
+                if header.get("kind") != codec.KIND_ITEM:
                     continue
                 if not isinstance(obj, dict):
                     self.dropped += 1
@@ -217,13 +219,7 @@ class BlenderActor:
                 yield self._hand_over(batch)
                 batch = []
             if not self.process.alive():
-                # Drain what Blender flushed before it exited.
-                with self._lock:
-                    while (msg := self._recv(0)) is not None:
-                        header, obj = msg
-                        if header.get("kind") == codec.KIND_ITEM and isinstance(obj, dict):
-                            batch.append(obj)
-                            self._count()
+                batch += self._drain()
                 if batch:
                     yield self._hand_over(batch)
                     batch = []
@@ -233,6 +229,29 @@ class BlenderActor:
                 self._restart()
         if batch:
             yield self._hand_over(batch)
+
+    def _drain(self) -> list[dict]:
+        """Collect what a finished Blender flushed before it exited.
+
+        Reads until the publisher's end marker arrives, or until the socket stays quiet
+        for 0.5 s (a crashed Blender sends no end marker).
+        """
+        items: list[dict] = []
+        quiet_polls = 0
+        with self._lock:
+            while quiet_polls < 5:
+                msg = self._recv(100)
+                if msg is None:
+                    quiet_polls += 1
+                    continue
+                quiet_polls = 0
+                header, obj = msg
+                if header.get("kind") == codec.KIND_END:
+                    break
+                if header.get("kind") == codec.KIND_ITEM and isinstance(obj, dict):
+                    items.append(obj)
+                    self._count()
+        return items
 
     def _count(self) -> None:
         now = time.monotonic()
