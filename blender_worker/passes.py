@@ -29,10 +29,15 @@ pixels blend two ids once there is more than one sample). Workbench has no norma
 
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+from typing import TYPE_CHECKING, Iterable, Optional, Sequence
 
-import bpy
 import numpy as np
+
+if TYPE_CHECKING:
+    import bpy
+
+# bpy is imported inside the functions that need it, so that the numpy helpers
+# (mask_boxes, depth_to_distance, decode_ids) also work outside Blender.
 
 PASSES = ("rgba", "depth", "instance", "semantic", "normal")
 
@@ -70,6 +75,8 @@ def check_passes(passes: Sequence[str], engine: str) -> tuple[str, ...]:
 
 def renderable_objects(scene: Optional["bpy.types.Scene"] = None) -> list["bpy.types.Object"]:
     """Objects of ``scene`` that show up in renders (geometry, not hidden), sorted by name."""
+    import bpy
+
     scene = scene or bpy.context.scene
     return sorted(
         (o for o in scene.objects if o.type in RENDERABLE and not o.hide_render), key=lambda o: o.name
@@ -195,6 +202,8 @@ class IdRender:
 
     def render(self, path: str) -> np.ndarray:
         """Render the id image to ``path`` (OpenEXR) and return it as (H, W) int32."""
+        import bpy
+
         from blender_worker.render import read_exr
 
         sc = self.scene
