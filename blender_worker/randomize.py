@@ -123,36 +123,47 @@ def place_without_overlap(
     z: Optional[float] = None,
     margin: float = 0.05,
     random_yaw: bool = True,
-    max_tries: int = 200,
+    max_tries: int = 100,
+    max_layouts: int = 50,
 ) -> None:
     """Scatter ``objects`` over ``area`` = (xmin, xmax, ymin, ymax) so that their footprints
     (circles around their bounding boxes, plus ``margin``) do not overlap. ``z`` sets the
-    height of every object (default: keep it). Raises ValueError if they do not fit."""
+    height of every object (default: keep it). Each object gets ``max_tries`` random spots;
+    if one finds none, the whole layout starts again (``max_layouts`` times) before a
+    ValueError says the objects do not fit."""
     xmin, xmax, ymin, ymax = area
     if xmax <= xmin or ymax <= ymin:
         raise ValueError(f"area {area} is empty: give (xmin, xmax, ymin, ymax) with min < max")
-    placed: list[tuple[np.ndarray, float]] = []
+    radii = []
     for obj in objects:
         if random_yaw:
             obj.rotation_mode = "XYZ"
             obj.rotation_euler[2] = float(rng.uniform(0.0, 2.0 * np.pi))
         if z is not None:
             obj.location.z = z
-        bpy.context.view_layer.update()
+    bpy.context.view_layer.update()
+    for obj in objects:
         rad = footprint_radius(obj)
-        for _ in range(max_tries):
-            xy = np.array([rng.uniform(xmin + rad, xmax - rad), rng.uniform(ymin + rad, ymax - rad)]) if (
-                xmax - xmin > 2 * rad and ymax - ymin > 2 * rad
-            ) else None
-            if xy is None:
-                raise ValueError(f"{obj.name} (footprint radius {rad:.2f}) does not fit in area {area}")
-            if all(np.linalg.norm(xy - c) >= rad + r + margin for c, r in placed):
+        if xmax - xmin <= 2 * rad or ymax - ymin <= 2 * rad:
+            raise ValueError(f"{obj.name} (footprint radius {rad:.2f}) does not fit in area {area}")
+        radii.append(rad)
+    for _ in range(max_layouts):
+        placed: list[tuple[np.ndarray, float]] = []
+        for rad in radii:
+            for _ in range(max_tries):
+                xy = np.array([rng.uniform(xmin + rad, xmax - rad), rng.uniform(ymin + rad, ymax - rad)])
+                if all(np.linalg.norm(xy - c) >= rad + r + margin for c, r in placed):
+                    placed.append((xy, rad))
+                    break
+            else:
                 break
-        else:
-            raise ValueError(
-                f"could not place {obj.name} without overlap after {max_tries} tries: "
-                "enlarge the area, place fewer objects or make them smaller"
-            )
+        if len(placed) == len(radii):
+            break
+    else:
+        raise ValueError(
+            f"could not place {len(objects)} objects without overlap in area {area} "
+            f"({max_layouts} layouts tried): enlarge the area, place fewer objects or make them smaller"
+        )
+    for obj, (xy, _) in zip(objects, placed):
         obj.location.x, obj.location.y = float(xy[0]), float(xy[1])
-        placed.append((xy, rad))
     bpy.context.view_layer.update()
