@@ -57,6 +57,49 @@ def cmd_health(args: argparse.Namespace) -> int:
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_demo, add_health]
 
 
+def add_record(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "record",
+        help="record N streamed items to WebDataset tar shards (replay: blendtorch_ray.recording.ReplayDataset)",
+        description="Record N items to tar shards. Instance arguments for the script go after '--'.",
+    )
+    p.add_argument("-o", "--out", required=True, help="directory to write the shards to")
+    p.add_argument("--items", type=int, required=True, help="items to record")
+    p.add_argument("--script", default=None, help="Blender script (default: the bundled cube scene)")
+    p.add_argument("--scene", default=None, help=".blend file to open first")
+    p.add_argument("--instances", type=int, default=1, help="Blender instances (default 1)")
+    p.add_argument("--shard-items", type=int, default=1000, help="items per shard (default 1000)")
+    p.add_argument("--blender", default=None, help="'bpy' (default), 'blender' or a path to a Blender binary")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("script_args", nargs=argparse.REMAINDER, help="-- then instance arguments for the script")
+    p.set_defaults(func=cmd_record)
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from blendtorch_ray.recording import ReplayDataset, record_stream
+
+    if args.items < 1:
+        raise SystemExit("--items must be >= 1")
+    script_args = args.script_args[1:] if args.script_args[:1] == ["--"] else args.script_args
+    rec = record_stream(
+        args.out,
+        args.items,
+        script=args.script,
+        scene=args.scene,
+        num_instances=args.instances,
+        instance_args=script_args,
+        progress=not args.no_progress,
+        max_items_per_shard=args.shard_items,
+        blender=args.blender,
+    )
+    print(f"recorded {rec.items} items in {len(rec.shards)} shard(s) under {args.out}")
+    print(ReplayDataset(rec.shards).summary)
+    return 0
+
+
+COMMANDS.append(add_record)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blendtorch-ray", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -54,6 +54,9 @@ class RemoteIterableDataset(IterableDataset):
     btids: sequence of int or None
         Read only these instances (e.g. a Ray Train rank's share: ``btid % world_size == rank``);
         DataLoader workers split them further. None: all ``num_instances``.
+    record_to: str or None
+        Directory to record every yielded item to (raw, before ``item_transform``) as
+        WebDataset tar shards; replay with ``blendtorch_ray.recording.ReplayDataset``.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class RemoteIterableDataset(IterableDataset):
         timeout: float = 60.0,
         max_batches_in_flight: int = 4,
         btids: Optional[Sequence[int]] = None,
+        record_to: Optional[str] = None,
     ) -> None:
         super().__init__()
         if max_items is not None and max_items < 0:
@@ -81,6 +85,7 @@ class RemoteIterableDataset(IterableDataset):
         bad = [b for b in self.btids if not 0 <= b < num_instances]
         if bad:
             raise ValueError(f"btids {bad} out of range for a group of {num_instances} instances (0..{num_instances - 1})")
+        self.record_to = record_to
         self._address = gcs_address() if ray.is_initialized() else None
         self._creator_pid = os.getpid()
 
@@ -120,6 +125,11 @@ class RemoteIterableDataset(IterableDataset):
             for b in btids
         }
         remaining = budget
+        recorder = None
+        if self.record_to:
+            from blendtorch_ray.recording import Recorder
+
+            recorder = Recorder(self.record_to)
         try:
             while gens:
                 ready, _ = ray.wait(list(gens), num_returns=1, timeout=self.timeout)
@@ -133,12 +143,16 @@ class RemoteIterableDataset(IterableDataset):
                     continue
                 batch = ray.get(ref)  # raises the instance's error (e.g. BlenderCrashedError)
                 for item in batch:
+                    if recorder is not None:
+                        recorder.write(item)
                     yield self.item_transform(item) if self.item_transform else item
                     if remaining is not None:
                         remaining -= 1
                         if remaining == 0:
                             return
         finally:
+            if recorder is not None:
+                recorder.close()
             for gen in gens:
                 try:
                     ray.cancel(gen)

@@ -131,8 +131,12 @@ class BlenderLauncher:
         item_transform: Optional[Callable[[dict], Any]] = None,
         timeout: float = 60.0,
         max_batches_in_flight: Optional[int] = None,
+        record_to: Optional[str] = None,
     ):
-        """A torch ``IterableDataset`` over the items of this group (see RemoteIterableDataset)."""
+        """A torch ``IterableDataset`` over the items of this group (see RemoteIterableDataset).
+
+        ``record_to``: a directory to record every item to (``blendtorch_ray.recording``).
+        """
         from blendtorch_ray.dataset import RemoteIterableDataset
 
         if not self._started:
@@ -146,6 +150,7 @@ class BlenderLauncher:
             item_transform=item_transform,
             timeout=timeout,
             max_batches_in_flight=inflight,
+            record_to=record_to,
         )
 
     def ray_dataset(self, num_items: int, **options: Any):
