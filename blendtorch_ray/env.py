@@ -15,6 +15,7 @@ collection and at interpreter exit; if this process is killed, Blender's lifelin
 from __future__ import annotations
 
 import os
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
@@ -111,13 +112,12 @@ class _Connection:
             [*args, *config.script_args], self.log_path, env=config.env or None,
         )
         self.ready = False
-        self.sock.send_multipart(codec.encode({"cmd": "hello"}, kind=KIND_ENV), copy=False)
 
     def close(self) -> None:
         """End Blender (asking nicely first if it is idle) and release the socket and dir."""
         if self.proc.alive() and self.ready:
             try:
-                self.sock.send_multipart(codec.encode({"cmd": "close"}, kind=KIND_ENV), copy=False)
+                self.sock.send_multipart(codec.encode({"cmd": "close"}, kind=KIND_ENV), zmq.NOBLOCK, copy=False)
                 if self.sock.poll(2000):
                     self.sock.recv_multipart()
             except zmq.ZMQError:
@@ -200,10 +200,9 @@ class BlenderEnv(gym.Env):
                 btid=self.config.btid,
             )
         if not conn.ready:
-            self._wait(conn, "readiness handshake", self.config.start_timeout, BlenderStartError)
+            self._exchange(conn, {"cmd": "hello"}, "readiness handshake", self.config.start_timeout, BlenderStartError)
             conn.ready = True
-        conn.sock.send_multipart(codec.encode(message, kind=KIND_ENV), copy=False)
-        reply = self._wait(conn, what, self.config.step_timeout, BlenderCrashedError)
+        reply = self._exchange(conn, message, what, self.config.step_timeout, BlenderCrashedError)
         if isinstance(reply, dict) and "error" in reply:
             raise BlenderEnvError(
                 f"env btid={self.config.btid}: the Blender-side env failed in {what}:\n{reply['error']}",
@@ -211,29 +210,38 @@ class BlenderEnv(gym.Env):
             )
         return reply
 
-    def _wait(self, conn: _Connection, what: str, timeout: float, died: type) -> Any:
-        """Wait for one reply, checking every 100 ms that Blender lives."""
-        waited = 0.0
-        while not conn.sock.poll(100):
-            waited += 0.1
-            if not conn.proc.alive():
-                self._broken = True
-                raise died(
-                    f"env btid={self.config.btid}: Blender {conn.proc.describe_exit()} while waiting for "
-                    f"{what}; the next reset() starts a fresh Blender",
-                    btid=self.config.btid, log_tail=conn.proc.log_tail(), log_path=conn.log_path,
-                )
-            if waited >= timeout:
-                self._broken = True
-                raise EnvTimeout(
-                    f"env btid={self.config.btid}: no answer to {what} within {timeout:.0f} s; raise "
-                    "EnvConfig.start_timeout/step_timeout if Blender is just slow. The next reset() "
-                    "starts a fresh Blender",
-                    btid=self.config.btid, log_tail=conn.proc.log_tail(), log_path=conn.log_path,
-                )
+    def _exchange(self, conn: _Connection, message: dict, what: str, timeout: float, died: type) -> Any:
+        """Send one request and wait for its reply, checking every 100 ms that Blender lives.
+
+        The send waits too: a REQ socket has nobody to send to until Blender has connected.
+        """
+        deadline = time.monotonic() + timeout
+        for event in (zmq.POLLOUT, zmq.POLLIN):
+            while not conn.sock.poll(100, event):
+                self._check(conn, what, timeout, deadline, died)
+            if event == zmq.POLLOUT:
+                conn.sock.send_multipart(codec.encode(message, kind=KIND_ENV), copy=False)
         frames = conn.sock.recv_multipart(copy=False)
         _, obj = codec.decode([f.buffer for f in frames])
         return obj
+
+    def _check(self, conn: _Connection, what: str, timeout: float, deadline: float, died: type) -> None:
+        """Raise (and mark the env broken) when Blender died or the deadline passed."""
+        if not conn.proc.alive():
+            self._broken = True
+            raise died(
+                f"env btid={self.config.btid}: Blender {conn.proc.describe_exit()} while waiting for "
+                f"{what}; the next reset() starts a fresh Blender",
+                btid=self.config.btid, log_tail=conn.proc.log_tail(), log_path=conn.log_path,
+            )
+        if time.monotonic() >= deadline:
+            self._broken = True
+            raise EnvTimeout(
+                f"env btid={self.config.btid}: no answer to {what} within {timeout:.0f} s; raise "
+                "EnvConfig.start_timeout/step_timeout if Blender is just slow. The next reset() "
+                "starts a fresh Blender",
+                btid=self.config.btid, log_tail=conn.proc.log_tail(), log_path=conn.log_path,
+            )
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> tuple[Any, dict]:
