@@ -72,7 +72,10 @@ class BlenderActor:
         self._receiver = ItemReceiver(self._dir if config.transport == "ipc" else None, config.transport)
         self._control = ControlEndpoint(self._dir, config.transport, config.codec, btid)
         self._lock = threading.Lock()
-        self.epoch = 0
+        # A recreated actor (node lost, actor process died) starts a fresh epoch so that its
+        # Blender never repeats the seeds of items already delivered.
+        reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
+        self.epoch = int(time.time()) if reconstructed else 0
         self.restarts = 0
         self.items = 0
         self.batches = 0

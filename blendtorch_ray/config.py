@@ -40,6 +40,8 @@ class LaunchConfig:
     """Seconds to wait for an instance's readiness handshake (first DataPublisher)."""
     max_restarts: int = 3
     """Restarts allowed per instance after a crash before the stream fails."""
+    max_actor_restarts: int = 3
+    """Times Ray may recreate an instance's actor (e.g. on another node after a node loss)."""
     restart_backoff: float = 0.5
     """Seconds before the first restart; doubles on each further restart."""
     transport: str = "ipc"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import warnings
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -19,11 +20,19 @@ import ray
 import torch
 from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
-from blendtorch_ray.errors import StreamTimeout
+from blendtorch_ray.errors import BlendtorchError, StreamTimeout
 from blendtorch_ray.launcher import actor_name
 from blendtorch_ray.runtime import ensure_ray, gcs_address
 
 log = logging.getLogger("blendtorch_ray")
+
+
+# Errors that mean "the actor or the node holding the batch is gone", not "Blender failed".
+ACTOR_LOST: tuple = (
+    ray.exceptions.RayActorError,
+    ray.exceptions.ActorUnavailableError,
+    ray.exceptions.ObjectLostError,
+)
 
 
 def _split(total: Optional[int], n: int, k: int) -> Optional[int]:
@@ -57,6 +66,8 @@ class RemoteIterableDataset(IterableDataset):
     record_to: str or None
         Directory to record every yielded item to (raw, before ``item_transform``) as
         WebDataset tar shards; replay with ``blendtorch_ray.recording.ReplayDataset``.
+    reconnect_timeout: float
+        Seconds to wait for Ray to recreate an instance whose actor or node was lost.
     """
 
     def __init__(
@@ -70,6 +81,7 @@ class RemoteIterableDataset(IterableDataset):
         max_batches_in_flight: int = 4,
         btids: Optional[Sequence[int]] = None,
         record_to: Optional[str] = None,
+        reconnect_timeout: float = 120.0,
     ) -> None:
         super().__init__()
         if max_items is not None and max_items < 0:
@@ -86,6 +98,7 @@ class RemoteIterableDataset(IterableDataset):
         if bad:
             raise ValueError(f"btids {bad} out of range for a group of {num_instances} instances (0..{num_instances - 1})")
         self.record_to = record_to
+        self.reconnect_timeout = reconnect_timeout
         self._address = gcs_address() if ray.is_initialized() else None
         self._creator_pid = os.getpid()
 
@@ -138,10 +151,16 @@ class RemoteIterableDataset(IterableDataset):
                 gen = ready[0]
                 try:
                     ref = next(gen)
+                    batch = ray.get(ref)  # raises the instance's error (e.g. BlenderCrashedError)
                 except StopIteration:
                     del gens[gen]
                     continue
-                batch = ray.get(ref)  # raises the instance's error (e.g. BlenderCrashedError)
+                except ACTOR_LOST as exc:
+                    # The actor (or its node) died; Ray recreates it elsewhere. Items in flight
+                    # are lost (see README: loss bound); delivered items are never repeated.
+                    b = gens.pop(gen)
+                    gens[self._reconnect(actors[b], b, exc)] = b
+                    continue
                 for item in batch:
                     if recorder is not None:
                         recorder.write(item)
@@ -158,6 +177,26 @@ class RemoteIterableDataset(IterableDataset):
                     ray.cancel(gen)
                 except Exception:  # noqa: BLE001 - the actor may be gone already
                     pass
+
+    def _reconnect(self, actor: Any, btid: int, cause: BaseException) -> Any:
+        """Wait for a recreated actor to be ready again and open a new stream on it."""
+        log.warning("instance %d of %r lost (%s); waiting for Ray to recreate it", btid, self.group, type(cause).__name__)
+        deadline = time.monotonic() + self.reconnect_timeout
+        while True:
+            try:
+                info = ray.get(actor.wait_ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                break
+            except ACTOR_LOST + (ray.exceptions.GetTimeoutError,) as exc:
+                if time.monotonic() > deadline:
+                    raise BlendtorchError(
+                        f"instance {btid} of group {self.group!r} was lost ({type(cause).__name__}) and "
+                        f"not recreated within {self.reconnect_timeout:.0f}s; is there a node with free "
+                        f"resources for it (e.g. the 'blender' resource)? Last error: {exc}",
+                        btid=btid,
+                    ) from exc
+                time.sleep(1.0)
+        log.warning("instance %d of %r is back on node %s (epoch %s)", btid, self.group, info.get("node_id"), info.get("epoch"))
+        return actor.stream.options(_generator_backpressure_num_objects=self.max_batches_in_flight).remote()
 
     def _timeout_error(self, actors: dict, waiting: list[int]) -> StreamTimeout:
         lines, tails = [], []

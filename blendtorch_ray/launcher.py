@@ -63,7 +63,8 @@ class BlenderLauncher:
                     name=actor_name(self.name, btid),
                     namespace=self.namespace,
                     num_cpus=cfg.num_cpus,
-                    max_restarts=0,
+                    max_restarts=cfg.max_actor_restarts,
+                    max_task_retries=0,
                 )
                 if cfg.num_gpus:
                     opts["num_gpus"] = cfg.num_gpus
@@ -132,6 +133,7 @@ class BlenderLauncher:
         timeout: float = 60.0,
         max_batches_in_flight: Optional[int] = None,
         record_to: Optional[str] = None,
+        **options: Any,
     ):
         """A torch ``IterableDataset`` over the items of this group (see RemoteIterableDataset).
 
@@ -151,6 +153,7 @@ class BlenderLauncher:
             timeout=timeout,
             max_batches_in_flight=inflight,
             record_to=record_to,
+            **options,
         )
 
     def ray_dataset(self, num_items: int, **options: Any):

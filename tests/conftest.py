@@ -18,15 +18,52 @@ def pytest_configure(config):
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """A real local Ray shared by every test of the session (start-up costs seconds)."""
+def _init_local_ray():
     import ray
 
     if not ray.is_initialized():
         ray.init(num_cpus=8, include_dashboard=False, namespace="blendtorch-tests", log_to_driver=False)
-    yield ray
+    return ray
+
+
+@pytest.fixture(scope="session")
+def _ray_shutdown_at_end():
+    yield
+    import ray
+
     ray.shutdown()
+
+
+@pytest.fixture
+def ray_session(_ray_shutdown_at_end):
+    """A real local Ray shared by the tests of a session (start-up costs seconds).
+
+    Started on first use and kept; restarted if a test (e.g. a multi-node Cluster test)
+    shut it down in between.
+    """
+    return _init_local_ray()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real multi-node Ray on this machine (``ray.cluster_utils.Cluster``).
+
+    Head without Blender resources; node A with 2 ``blender`` slots and 2 declared GPUs;
+    node B with 2 ``blender`` slots. The driver connects to it; the local Ray of other
+    tests is shut down first and comes back on their next use.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=3, num_gpus=2, resources={"blender": 2})
+    cluster.add_node(num_cpus=3, resources={"blender": 2})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace="blendtorch-cluster-tests", log_to_driver=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
 
 
 @pytest.fixture
