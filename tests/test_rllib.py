@@ -1,0 +1,57 @@
+"""RLlib (new API stack) trains on Blender cartpole: env runners own their envs' Blenders."""
+
+from __future__ import annotations
+
+import psutil
+import pytest
+from ray.rllib.env.env_context import EnvContext
+
+from blendtorch_ray.rllib import EnvCreator, episode_return_mean, ppo_config, register_rllib_env
+from blendtorch_ray.envs import CARTPOLE_SCRIPT
+from conftest import wait_until
+
+
+def cartpole_pids() -> set[int]:
+    """Pids of live Blender cartpole envs on this machine."""
+    pids = set()
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if CARTPOLE_SCRIPT in (p.info["cmdline"] or []) and p.status() != psutil.STATUS_ZOMBIE:
+                pids.add(p.info["pid"])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return pids
+
+
+def test_creator_gives_distinct_ids_and_seeds_with_vector_index_zero():
+    creator = EnvCreator("blendtorch/CartPole-v0", {"max_episode_steps": 50})
+    envs = [creator(EnvContext({"seed": 3}, worker_index=w, vector_index=0)) for w in (1, 1, 2)]
+    try:  # envs start Blender lazily: nothing is launched here
+        ids = [(e.unwrapped.config.btid, e.unwrapped.config.seed) for e in envs]
+        assert len({b for b, _ in ids}) == 3 and len({s for _, s in ids}) == 3
+        assert all("--max-steps" in e.unwrapped.config.script_args for e in envs)
+        assert all(e.unwrapped.pid is None for e in envs)
+    finally:
+        for e in envs:
+            e.close()
+    with pytest.raises(ValueError, match="not a registered gymnasium env"):
+        register_rllib_env("blendtorch/NoSuchEnv-v0")
+
+
+@pytest.mark.blender
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ppo_trains_with_two_env_runners(ray_session):
+    before = cartpole_pids()
+    name = register_rllib_env("blendtorch/CartPole-v0", max_episode_steps=100, width=64, height=48)
+    config = ppo_config(name, num_env_runners=2, train_batch_size=200, minibatch_size=50, num_epochs=1, seed=0)
+    algo = config.build_algo()
+    try:
+        result = algo.train()
+        running = cartpole_pids() - before
+        assert len(running) >= 2, "each env runner should own a Blender"
+        assert result["env_runners"]["num_env_steps_sampled_lifetime"] >= 200
+        assert episode_return_mean(result) > 0
+    finally:
+        algo.stop()
+    assert wait_until(lambda: not (cartpole_pids() & running), 30)
