@@ -1,0 +1,88 @@
+"""Step rate of Blender gymnasium envs (no rendering) beside plain gymnasium CartPole-v1.
+
+    python benchmarks/env_steps.py            # 3000 steps per row
+    python benchmarks/env_steps.py --tiny     # smoke test: 50 steps per row
+
+Rows: blendtorch/CartPole-v0 (Blender rigid-body physics), blendtorch/Counter-v0 (a trivial
+Blender env: the cost of the channel itself) and gymnasium's CartPole-v1, each as a single env
+and as a vector env (sync and async). Start-up is excluded: every env is reset once before the
+clock starts. Steps/s counts env steps (a vector step of N envs counts N). Random actions;
+episodes that end are reset (autoreset in vector envs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import gymnasium as gym
+import numpy as np
+
+import blendtorch_ray.envs  # noqa: F401 - registers the Blender envs
+
+
+def run_single(env_id: str, steps: int, **kwargs) -> float:
+    env = gym.make(env_id, **kwargs)
+    try:
+        env.reset(seed=0)
+        env.action_space.seed(0)
+        actions = [env.action_space.sample() for _ in range(steps)]
+        t0 = time.perf_counter()
+        for a in actions:
+            _, _, terminated, truncated, _ = env.step(a)
+            if terminated or truncated:
+                env.reset()
+        return steps / (time.perf_counter() - t0)
+    finally:
+        env.close()
+
+
+def run_vector(env_id: str, steps: int, num_envs: int, mode: str, **kwargs) -> float:
+    env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, **kwargs)
+    try:
+        env.reset(seed=0)
+        env.action_space.seed(0)
+        n = max(1, steps // num_envs)
+        actions = [env.action_space.sample() for _ in range(n)]
+        t0 = time.perf_counter()
+        for a in actions:
+            env.step(a)
+        return n * num_envs / (time.perf_counter() - t0)
+    finally:
+        env.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=3000, help="env steps per row")
+    parser.add_argument("--num-envs", type=int, default=2, help="sub-envs of the vector rows")
+    parser.add_argument("--tiny", action="store_true", help="smoke test: 50 steps per row")
+    args = parser.parse_args()
+    steps = 50 if args.tiny else args.steps
+
+    envs = [
+        ("gymnasium CartPole-v1", "CartPole-v1", {}),
+        ("blendtorch/CartPole-v0", "blendtorch/CartPole-v0", {}),
+        ("blendtorch/Counter-v0", "blendtorch/Counter-v0", {"length": 1000}),
+    ]
+    rows = []
+    for label, env_id, kwargs in envs:
+        rows.append((label, "single", run_single(env_id, steps, **kwargs)))
+        for mode in ("sync", "async"):
+            rate = run_vector(env_id, steps, args.num_envs, mode, **kwargs)
+            rows.append((label, f"{mode} x{args.num_envs}", rate))
+
+    reference = {mode: rate for label, mode, rate in rows if label.startswith("gymnasium")}
+    print(f"\nenv steps/s, {steps} steps per row, no rendering ({time.strftime('%Y-%m-%d')})")
+    print(f"{'env':26s} {'mode':9s} {'steps/s':>10s} {'vs CartPole-v1':>15s}")
+    for label, mode, rate in rows:
+        ratio = rate / reference[mode]
+        print(f"{label:26s} {mode:9s} {rate:10.0f} {ratio:14.4f}x")
+    single = {label: rate for label, mode, rate in rows if mode == "single"}
+    print(f"\nBlender cartpole / trivial Blender env (single): "
+          f"{single['blendtorch/CartPole-v0'] / single['blendtorch/Counter-v0']:.2f}")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()
