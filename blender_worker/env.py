@@ -227,31 +227,39 @@ class BaseEnv(Generic[ObsType, ActType]):
         period = 1.0 / fps
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
-        next_frame = time.monotonic()
+        pending: Optional[dict] = None  # a step request waiting for the next frame tick
+        next_frame = time.monotonic() + period
         while True:
             running = not self._episode_over
-            timeout = max(0.0, next_frame - time.monotonic()) if running else 0.1
-            request = _recv(sock) if poller.poll(int(timeout * 1000)) else None
-            if request is not None and request.get("cmd") == "step" and running:
-                # Late or not, the action goes into the frame simulated now.
-                self._last = self._safe(lambda: self.step(request.get("action")))
+            now = time.monotonic()
+            if pending is None:
+                wait = max(0.0, next_frame - now) if running else 0.1
+                if poller.poll(int(wait * 1000)):
+                    request = _recv(sock)
+                    if request.get("cmd") == "step" and running:
+                        pending = request  # its action goes into the next frame
+                        continue
+                    if request.get("cmd") == "step" and self._last is not None:
+                        reply, done = self._last, False  # episode over: repeat its last result
+                    else:
+                        reply, done = self._handle(request)
+                    _send(sock, reply)
+                    if done:
+                        return
+                    if request.get("cmd") == "reset":
+                        next_frame = time.monotonic() + period
+                    continue
+            elif next_frame > now:
+                time.sleep(next_frame - now)
+            if self._episode_over or time.monotonic() < next_frame:
+                continue
+            if pending is not None:
+                self._last = self._safe(lambda: self.step(pending.get("action")))
                 _send(sock, self._last)
-                next_frame = time.monotonic() + period
-                continue
-            if request is not None:
-                if request.get("cmd") == "step" and self._last is not None:
-                    reply, done = self._last, False  # episode over: repeat its last result
-                else:
-                    reply, done = self._handle(request)
-                _send(sock, reply)
-                if done:
-                    return
-                next_frame = time.monotonic() + period
-                continue
-            if running and time.monotonic() >= next_frame:
-                # Nobody asked: the simulation goes on with the last action.
+                pending = None
+            else:  # nobody asked: the simulation goes on with the last action
                 self._last = self._safe(lambda: self.step(None, apply=False))
-                next_frame += period
+            next_frame = max(next_frame + period, time.monotonic() - period)
 
     def _handle(self, request: dict) -> tuple[Any, bool]:
         """Answer one request; returns ``(reply, close_now)``."""
