@@ -85,13 +85,20 @@ def test_same_seed_same_trajectory():
         np.testing.assert_array_equal(first, second)
         assert len(first) > 5
         assert not np.array_equal(first[0], other[0])
+        # Physics restarts from the new state (a stale rigid-body cache would replay seed 7).
+        assert not np.array_equal(first[3], other[3])
         # Pushing always right moves the cart right and tips the pole left.
         env.reset(seed=7)
         for _ in range(5):
             obs, *_ = env.step(1)
         assert obs[0] > 0 and obs[1] > 0 and obs[2] < 0
-        # Truncation at max_episode_steps when the pole is balanced long enough is covered
-        # by the counter env; here an episode ends by termination or truncation within 40.
+        # A balancing controller reaches the step limit: truncated, not terminated, at 40.
+        obs, _ = env.reset(seed=7)
+        for n in range(1, 100):
+            obs, _, terminated, truncated, _ = env.step(int(np.array([0.1, 0.5, 10.0, 2.0]) @ obs > 0))
+            if terminated or truncated:
+                break
+        assert (n, terminated, truncated) == (40, False, True)
     finally:
         env.close()
 
