@@ -279,6 +279,7 @@ class BaseEnv(Generic[ObsType, ActType]):
         if cmd == "render":
             return self._safe(self._render), False
         if cmd == "close":
+            print("blender_worker.env: the driver closed the env", flush=True)
             return {"closed": True}, True
         return {"error": f"unknown command {cmd!r}"}, False
 

@@ -250,3 +250,24 @@ def test_real_time_mode_free_runs():
         assert obs[0] > obs0[0]
     finally:
         env.close()
+
+
+def test_interpreter_exit_ends_blender(tmp_path):
+    """RLlib may never call close(): leaving the interpreter must still end Blender."""
+    import subprocess
+    import sys
+
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import blendtorch_ray.envs as e\n"
+        f"env = e.CounterEnv(log_dir={str(tmp_path)!r})\n"
+        "env.reset()\n"
+        "print(env.pid, flush=True)\n"
+        "_keep = [env]  # still referenced at exit: only the exit hook can end Blender\n"
+    )
+    out = subprocess.run([sys.executable, str(driver)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    pid = int(out.stdout.split()[-1])
+    assert wait_until(lambda: _gone(pid), 10)
+    logs = list(tmp_path.glob("env-*.log"))
+    assert len(logs) == 1 and "the driver closed the env" in logs[0].read_text()
