@@ -68,6 +68,8 @@ class ControlEndpoint:
             self.address = f"tcp://127.0.0.1:{port}"
         self._outbox: collections.deque = collections.deque()
         self._lock = threading.Lock()
+        self._closed = False
+        self._retry: Optional[threading.Thread] = None
 
     def send(self, msg_id: int, generation: int, payload: dict) -> None:
         """Queue a message for Blender and send what can be sent now."""
@@ -81,6 +83,20 @@ class ControlEndpoint:
         with self._lock:
             self._outbox.append(frames)
             self._flush()
+            if self._outbox and (self._retry is None or not self._retry.is_alive()):
+                # Blender has not connected yet: keep trying until it has everything.
+                self._retry = threading.Thread(target=self._retry_flush, daemon=True)
+                self._retry.start()
+
+    def _retry_flush(self) -> None:
+        while True:
+            time.sleep(0.01)
+            with self._lock:
+                if self._closed:
+                    return
+                self._flush()
+                if not self._outbox:
+                    return
 
     def _flush(self) -> None:
         while self._outbox:
@@ -131,6 +147,7 @@ class ControlEndpoint:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._sock.close(0)
 
 

@@ -17,8 +17,11 @@ ECHO = """
     launch, rest = bw.parse_launch_args()
     parser = argparse.ArgumentParser()
     parser.add_argument("--publish", action="store_true")
+    parser.add_argument("--late", action="store_true", help="connect the channel 1 s after ready")
     args = parser.parse_args(rest)
     pub = bw.DataPublisher(launch)
+    if args.late:
+        time.sleep(1.0)
     chan = DuplexChannel(launch, publisher=pub)
     anim = bw.AnimationController()
     received = []
@@ -98,6 +101,21 @@ def test_items_carry_generation(echo_group):
         assert gens[0] == 0, "items before any message are generation 0"
         assert gens == sorted(gens), f"generation went backwards for instance {btid}: {gens}"
         assert gens[-1] == 1
+
+
+@pytest.mark.blender
+@pytest.mark.parametrize("echo_group", [["--publish", "--late"]], indirect=True)
+def test_message_sent_before_blender_connects_is_delivered(echo_group):
+    """The actor keeps retrying: no recv()/wait() call is needed to push a queued message."""
+    chan = echo_group.channel()
+    chan.broadcast(mode="early")  # Blender's channel connects only a second later
+    got = set()
+    for n, item in enumerate(echo_group.dataset(timeout=60)):
+        if item["generation"] == 1:
+            got.add(item["btid"])
+        if got == {0, 1} or n > 3000:
+            break
+    assert got == {0, 1}
 
 
 @pytest.mark.blender
