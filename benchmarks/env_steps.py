@@ -5,7 +5,8 @@
 
 Rows: blendtorch/CartPole-v0 (Blender rigid-body physics), blendtorch/Counter-v0 (a trivial
 Blender env: the cost of the channel itself) and gymnasium's CartPole-v1, each as a single env
-and as a vector env (sync and async). Start-up is excluded: every env is reset once before the
+and as a vector env (sync and async); last, a bare ZeroMQ REQ/REP round trip to a plain Python
+process (the floor of any out-of-process step, compared with the single CartPole-v1). Start-up is excluded: every env is reset once before the
 clock starts. Steps/s counts env steps (a vector step of N envs counts N). Random actions;
 episodes that end are reset (autoreset in vector envs).
 """
@@ -52,6 +53,48 @@ def run_vector(env_id: str, steps: int, num_envs: int, mode: str, **kwargs) -> f
         env.close()
 
 
+_ECHO = """
+import sys, zmq
+s = zmq.Context.instance().socket(zmq.REP)
+s.connect(sys.argv[1])
+while True:
+    m = s.recv_multipart()
+    s.send_multipart(m)
+    if m[0] == b"stop":
+        break
+"""
+
+
+def run_pingpong(steps: int) -> float:
+    """Round trips/s of a bare ZeroMQ REQ/REP over ipc to a plain Python echo process:
+    the floor under any out-of-process env step on this machine."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import zmq
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sock = zmq.Context.instance().socket(zmq.REQ)
+        address = f"ipc://{tmp}/echo.sock"
+        sock.bind(address)
+        proc = subprocess.Popen([sys.executable, "-c", _ECHO, address])
+        try:
+            sock.send_multipart([b"ping"])
+            sock.recv_multipart()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                sock.send_multipart([b"ping"])
+                sock.recv_multipart()
+            rate = steps / (time.perf_counter() - t0)
+            sock.send_multipart([b"stop"])
+            sock.recv_multipart()
+        finally:
+            proc.wait(10)
+            sock.close(0)
+    return rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3000, help="env steps per row")
@@ -73,11 +116,13 @@ def main() -> None:
             rows.append((label, f"{mode} x{args.num_envs}", rate))
 
     reference = {mode: rate for label, mode, rate in rows if label.startswith("gymnasium")}
+    reference["round trip"] = reference["single"]
+    rows.append(("zmq REQ/REP echo (floor)", "round trip", run_pingpong(steps)))
     print(f"\nenv steps/s, {steps} steps per row, no rendering ({time.strftime('%Y-%m-%d')})")
-    print(f"{'env':26s} {'mode':9s} {'steps/s':>10s} {'vs CartPole-v1':>15s}")
+    print(f"{'env':26s} {'mode':10s} {'steps/s':>10s} {'vs CartPole-v1':>15s}")
     for label, mode, rate in rows:
         ratio = rate / reference[mode]
-        print(f"{label:26s} {mode:9s} {rate:10.0f} {ratio:14.4f}x")
+        print(f"{label:26s} {mode:10s} {rate:10.0f} {ratio:14.4f}x")
     single = {label: rate for label, mode, rate in rows if mode == "single"}
     print(f"\nBlender cartpole / trivial Blender env (single): "
           f"{single['blendtorch/CartPole-v0'] / single['blendtorch/Counter-v0']:.2f}")
