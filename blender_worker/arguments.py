@@ -70,7 +70,8 @@ def parse_launch_args(argv: Optional[Sequence[str]] = None) -> tuple[LaunchArgs,
         remainder=list(remainder),
     )
     if launch.parent_pid:
-        from blender_worker.lifeline import watch_parent
+        from blender_worker.lifeline import exit_gracefully_on_sigterm, watch_parent
 
         watch_parent(launch.parent_pid)
+        exit_gracefully_on_sigterm()
     return launch, list(remainder)

@@ -54,3 +54,24 @@ def _alive(pid: int) -> bool:
         return state not in (b"Z", b"X")
     except OSError:
         return True
+
+
+EXIT_ON_SIGTERM = 143
+
+
+def exit_gracefully_on_sigterm() -> None:
+    """Turn SIGTERM into ``SystemExit(143)`` in the main thread.
+
+    Python then unwinds the user's script and runs ``atexit`` hooks, so ``DataPublisher``
+    flushes its queue and sends its end marker: the supervisor can recycle a Blender
+    process without losing an item. Call from the main thread.
+    """
+
+    def _handler(signum, frame):  # noqa: ARG001
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second TERM ends it at once
+        raise SystemExit(EXIT_ON_SIGTERM)
+
+    try:
+        signal.signal(signal.SIGTERM, _handler)
+    except ValueError:  # not the main thread
+        pass

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
@@ -54,6 +56,10 @@ class InstanceHealth:
     last_error: Optional[str]
     log_path: str
     rss_bytes: int = 0
+    recycles: int = 0
+    """Planned Blender replacements (recycle_after_items / recycle_rss_mb)."""
+    lost_items: int = 0
+    """Items Blender reported sent (end marker) that never arrived."""
     warnings: list = field(default_factory=list)
 
 
@@ -69,14 +75,23 @@ class BlenderActor:
         os.makedirs(log_dir, exist_ok=True)
         name = config.name or "blendtorch"
         self.log_path = os.path.join(log_dir, f"{name.replace('/', '_')}-{btid}.log")
-        self._receiver = ItemReceiver(self._dir if config.transport == "ipc" else None, config.transport)
+        self._receiver = ItemReceiver(
+            self._dir if config.transport == "ipc" else None,
+            config.transport,
+            max_message_bytes=int(config.max_message_mb * 2**20),
+        )
         self._control = ControlEndpoint(self._dir, config.transport, config.codec, btid)
         self._lock = threading.Lock()
         # A recreated actor (node lost, actor process died) starts a fresh epoch so that its
         # Blender never repeats the seeds of items already delivered.
-        reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
+        with warnings.catch_warnings():  # Ray's property warns about its own internals
+            warnings.simplefilter("ignore")
+            reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
         self.epoch = int(time.time()) if reconstructed else 0
         self.restarts = 0
+        self.recycles = 0
+        self.lost = 0
+        self._epoch_items = 0
         self.items = 0
         self.batches = 0
         self.dropped = 0
@@ -101,6 +116,7 @@ class BlenderActor:
         return env
 
     def _spawn(self) -> BlenderProcess:
+        self._epoch_items = 0
         args = [
             "--btid", str(self.btid),
             "--btseed", str(self.config.seed_for(self.btid, self.epoch)),
@@ -203,6 +219,9 @@ class BlenderActor:
                 if header.get("kind") == codec.KIND_READY:
                     self._ready = True
                     continue
+                if header.get("kind") == codec.KIND_END:
+                    self._on_end(obj)
+                    continue
                 if header.get("kind") != codec.KIND_ITEM:
                     continue
                 if not isinstance(obj, dict):
@@ -217,6 +236,8 @@ class BlenderActor:
                 if len(batch) >= cfg.batch_size:
                     yield self._hand_over(batch)
                     batch = []
+                if self._should_recycle():
+                    batch += self._recycle()
                 continue
             if batch and time.monotonic() - batch_started > cfg.max_batch_delay:
                 yield self._hand_over(batch)
@@ -233,27 +254,60 @@ class BlenderActor:
         if batch:
             yield self._hand_over(batch)
 
-    def _drain(self) -> list[dict]:
-        """Collect what a finished Blender flushed before it exited.
+    def _drain(self, timeout: float = 30.0) -> list[dict]:
+        """Collect what an ending Blender flushes before it exits.
 
-        Reads until the publisher's end marker arrives, or until the socket stays quiet
-        for 0.5 s (a crashed Blender sends no end marker).
+        Reads until the publisher's end marker arrives, or until the process is gone and
+        the socket stayed quiet for 0.5 s (a crashed Blender sends no end marker).
         """
         items: list[dict] = []
         quiet_polls = 0
+        deadline = time.monotonic() + timeout
         with self._lock:
-            while quiet_polls < 5:
+            while time.monotonic() < deadline:
                 msg = self._recv(100)
                 if msg is None:
-                    quiet_polls += 1
+                    quiet_polls += 0 if self.process.alive() else 1
+                    if quiet_polls >= 5:
+                        break
                     continue
                 quiet_polls = 0
                 header, obj = msg
                 if header.get("kind") == codec.KIND_END:
+                    self._on_end(obj)
                     break
                 if header.get("kind") == codec.KIND_ITEM and isinstance(obj, dict):
                     items.append(obj)
                     self._count()
+        return items
+
+    def _on_end(self, obj: dict) -> None:
+        """The publisher's end marker says how many items it sent; count any shortfall."""
+        sent = int(obj.get("count", 0)) if isinstance(obj, dict) else 0
+        if sent > self._epoch_items:
+            self.lost += sent - self._epoch_items
+            self._warn(f"{sent - self._epoch_items} item(s) of epoch {self.epoch} were sent but never arrived")
+
+    def _should_recycle(self) -> bool:
+        cfg = self.config
+        if cfg.recycle_after_items and self._epoch_items >= cfg.recycle_after_items:
+            return True
+        if cfg.recycle_rss_mb and self._epoch_items % 8 == 0:
+            return self.process.rss_bytes() > cfg.recycle_rss_mb * 2**20
+        return False
+
+    def _recycle(self) -> list[dict]:
+        """Replace Blender between items: ask it to exit (SIGTERM makes blender_worker flush
+        and send its end marker), keep every item it flushed, start the next epoch."""
+        rss = self.process.rss_bytes()
+        log.info("Blender instance %d: recycling after %d items (RSS %.0f MiB)", self.btid, self._epoch_items, rss / 2**20)
+        self.process.signal(signal.SIGTERM)
+        items = self._drain()
+        self.process.terminate(timeout=5.0)
+        self.recycles += 1
+        self.epoch += 1
+        self._ready = False
+        self.process = self._spawn()
         return items
 
     def _count(self) -> None:
@@ -262,6 +316,7 @@ class BlenderActor:
             self._t_first = now
         self._t_last = now
         self.items += 1
+        self._epoch_items += 1
 
     def _hand_over(self, batch: list[dict]) -> list[dict]:
         self.batches += 1
@@ -297,8 +352,20 @@ class BlenderActor:
             last_error=self.last_error,
             log_path=self.log_path,
             rss_bytes=rss,
+            recycles=self.recycles,
+            lost_items=self.lost,
             warnings=list(self.warnings),
         )
+
+    @ray.method(concurrency_group="control")
+    def endpoints(self) -> dict:
+        """Where this instance lives: socket addresses, private dir, actor and Blender pids."""
+        return {
+            "data": self._receiver.address,
+            "dir": self._dir.path,
+            "actor_pid": os.getpid(),
+            "blender_pid": self.process.pid,
+        }
 
     @ray.method(concurrency_group="control")
     def log_tail(self, max_lines: int = 30) -> str:

@@ -44,8 +44,17 @@ class LaunchConfig:
     """Times Ray may recreate an instance's actor (e.g. on another node after a node loss)."""
     restart_backoff: float = 0.5
     """Seconds before the first restart; doubles on each further restart."""
+    recycle_after_items: Optional[int] = None
+    """Restart Blender (transparently, between items) after this many items per process."""
+    recycle_rss_mb: Optional[float] = None
+    """Restart Blender (transparently) when its resident memory passes this many MiB."""
+    wait_for_resources: bool = False
+    """If the cluster cannot hold all instances now: False raises at once, True waits
+    (for an autoscaling cluster to add nodes)."""
     transport: str = "ipc"
     """Local hop: "ipc" (unix socket in a private 0700 dir) or "tcp" (127.0.0.1, random port)."""
+    max_message_mb: float = 1024.0
+    """Messages larger than this are refused by the actor's socket (the sender is dropped)."""
     codec: str = "pickle"
     """Item codec: "pickle" (any object) or "json" (arrays + JSON-able values, no pickle)."""
     num_cpus: float = 1.0

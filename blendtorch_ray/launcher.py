@@ -11,10 +11,31 @@ from typing import Any, Callable, Optional
 import ray
 
 from blendtorch_ray.actor import InstanceHealth, RemoteBlenderActor
+from blendtorch_ray.blender import find_blender
 from blendtorch_ray.config import LaunchConfig
+from blendtorch_ray.errors import BlenderStartError
 from blendtorch_ray.runtime import ensure_ray
 
 log = logging.getLogger("blendtorch_ray")
+
+
+def check_capacity(cfg: LaunchConfig) -> None:
+    """Raise ValueError if the whole cluster cannot hold ``cfg.num_instances`` instances."""
+    total = ray.cluster_resources()
+    need = {"CPU": cfg.num_cpus * cfg.num_instances}
+    if cfg.num_gpus:
+        need["GPU"] = cfg.num_gpus * cfg.num_instances
+    for key, value in cfg.resources.items():
+        need[key] = value * cfg.num_instances
+    short = {k: (v, total.get(k, 0.0)) for k, v in need.items() if v > total.get(k, 0.0) + 1e-9}
+    if short:
+        detail = ", ".join(f"{k}: need {v:g}, cluster has {have:g}" for k, (v, have) in short.items())
+        raise ValueError(
+            f"{cfg.num_instances} instance(s) do not fit in this Ray cluster ({detail}). Lower "
+            "num_instances or the per-instance num_cpus/num_gpus/resources, start Ray with more "
+            "(e.g. `ray start --resources='{\"blender\": 4}'`), or pass wait_for_resources=True "
+            "on an autoscaling cluster"
+        )
 
 
 def actor_name(group: str, btid: int) -> str:
@@ -55,8 +76,11 @@ class BlenderLauncher:
         """Create the actors and wait until every instance is ready."""
         if self._started:
             return self
-        ensure_ray(namespace=self.namespace)
         cfg = self.config
+        find_blender(cfg.blender)  # fail fast, in the driver, with the fix in the message
+        ensure_ray(namespace=self.namespace)
+        if not cfg.wait_for_resources:
+            check_capacity(cfg)
         try:
             for btid in range(cfg.num_instances):
                 opts: dict = dict(
@@ -71,7 +95,16 @@ class BlenderLauncher:
                 if cfg.resources:
                     opts["resources"] = dict(cfg.resources)
                 self.actors.append(RemoteBlenderActor.options(**opts).remote(cfg, btid))
-            self.ready_info = ray.get([a.wait_ready.remote() for a in self.actors])
+            refs = [a.wait_ready.remote() for a in self.actors]
+            timeout = None if cfg.wait_for_resources else cfg.ready_timeout + 60
+            try:
+                self.ready_info = ray.get(refs, timeout=timeout)
+            except ray.exceptions.GetTimeoutError:
+                raise BlenderStartError(
+                    f"group {self.name!r}: not every instance was scheduled and ready within "
+                    f"{timeout:.0f}s; free resources now: {ray.available_resources()}. Lower "
+                    "num_instances / num_cpus, add nodes, or pass wait_for_resources=True"
+                ) from None
         except BaseException:
             self.close()
             raise

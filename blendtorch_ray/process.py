@@ -71,6 +71,22 @@ class BlenderProcess:
     def log_tail(self, max_lines: int = 30) -> str:
         return tail_file(self.log_path, max_lines)
 
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the Blender process (no-op if it is gone)."""
+        try:
+            os.kill(self._popen.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the Blender process (0 if gone)."""
+        try:
+            import psutil
+
+            return psutil.Process(self._popen.pid).memory_info().rss
+        except Exception:  # noqa: BLE001
+            return 0
+
     def terminate(self, timeout: float = 3.0) -> Optional[int]:
         """SIGTERM, then SIGKILL after ``timeout`` seconds; reaps the child."""
         if self._popen.poll() is None:
