@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ def load_example():
     path = REPO / "examples" / "densityopt" / "densityopt.py"
     spec = importlib.util.spec_from_file_location("densityopt_example", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -23,7 +25,7 @@ def load_example():
 def test_mini_run_moves_parameters_toward_target(ray_session, tmp_path):
     ex = load_example()
     cfg = ex.DensityOptConfig(
-        iterations=8, batch=32, num_target=64, resolution=32, num_instances=1, lr=0.06, seed=1, log=False
+        iterations=8, batch=32, num_target=64, resolution=32, num_instances=1, lr=0.08, seed=1, log=False
     )
     result = ex.run(cfg)
     traj = np.array(result.trajectory)
