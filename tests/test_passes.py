@@ -49,6 +49,8 @@ bpy.ops.mesh.primitive_plane_add(size=1.0, location=(0.3, 0.2, -3))
 square = bpy.context.object
 square.pass_index = 2
 square["category_id"] = 7
+square.color = (1.0, 0.1, 0.1, 1.0)  # Workbench shows object colours: the square stands out
+bpy.context.scene.display.shading.color_type = "OBJECT"
 light = bpy.data.objects.new("sun", bpy.data.lights.new("sun", "SUN"))
 bpy.context.scene.collection.objects.link(light)
 bpy.context.scene.view_settings.view_transform = "AgX"
@@ -64,6 +66,9 @@ res["K"] = camera.K
 corners = np.array([[0.3 + dx, 0.2 + dy, -3.0] for dx in (-0.5, 0.5) for dy in (-0.5, 0.5)])
 res["square_px"] = camera.world_to_pixel(corners)
 res["box2d"] = np.array(camera.box2d(square))
+square.location.x += 0.5  # a second frame must show the change (no stale image datablock)
+res["rgba2"] = r.render(passes=["rgba"])["rgba"]
+res["plain2"] = r.render()["image"]
 try:
     r.render(passes=["normal"]) if engine == "workbench" else r.render(passes=["bogus"])
 except ValueError as exc:
@@ -160,6 +165,8 @@ def test_boxes_match_masks(rendered):
 def test_srgb8_matches_plain_render_and_linear(rendered):
     _, r = rendered
     assert np.abs(r["rgba"].astype(int) - r["plain"]).max() <= 1
+    assert np.abs(r["rgba2"].astype(int) - r["plain2"]).max() <= 1
+    assert not np.array_equal(r["rgba2"], r["rgba"])
     assert r["linear"][..., :3].max() > 0 and not np.array_equal(
         np.rint(r["linear"][..., :3] * 255), r["rgba"][..., :3]
     )  # the linear pass is not display-referred
