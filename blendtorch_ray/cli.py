@@ -100,6 +100,34 @@ def cmd_record(args: argparse.Namespace) -> int:
 COMMANDS.append(add_record)
 
 
+def add_coco(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "coco",
+        help="convert a recording with 'instance' masks to COCO (images/*.png + annotations.json)",
+    )
+    p.add_argument("recording", help="recording directory, glob or shard files (from 'record')")
+    p.add_argument("-o", "--out", required=True, help="directory to write images/ and annotations.json to")
+    p.add_argument("--categories", default="", help="names of category ids, e.g. '1=cube,2=sphere'")
+    p.set_defaults(func=cmd_coco)
+
+
+def cmd_coco(args: argparse.Namespace) -> int:
+    from blendtorch_ray.coco import CocoOptions, export_coco
+    from blendtorch_ray.recording import ReplayDataset
+
+    try:
+        categories = {int(k): v for k, v in (kv.split("=", 1) for kv in args.categories.split(",") if kv)}
+    except ValueError:
+        raise SystemExit(f"--categories {args.categories!r}: write id=name pairs, e.g. '1=cube,2=sphere'")
+    replay = ReplayDataset(args.recording)
+    path = export_coco(replay, args.out, CocoOptions(categories=categories))
+    print(f"wrote {path} ({len(replay)} images)")
+    return 0
+
+
+COMMANDS.append(add_coco)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blendtorch-ray", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)

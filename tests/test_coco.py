@@ -82,12 +82,17 @@ def test_bad_items_are_explained():
 def test_blender_stream_exports_to_coco(ray_session, tmp_path):
     from blendtorch_ray import BlenderLauncher
 
+    from blendtorch_ray.cli import main
+
     args = ["--width", "128", "--height", "96"]
     with BlenderLauncher(script=str(SCENE), num_instances=1, instance_args=[args]) as launcher:
-        items = list(launcher.dataset(max_items=2, timeout=120))
+        items = list(launcher.dataset(max_items=2, timeout=120, record_to=str(tmp_path / "rec")))
     path = export_coco(items, str(tmp_path), CocoOptions(categories={1: "cube", 2: "sphere"}))
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(path)
+    # the recording converts to the same COCO through the CLI
+    assert main(["coco", str(tmp_path / "rec"), "-o", str(tmp_path / "from_rec"), "--categories", "1=cube,2=sphere"]) == 0
+    assert json.loads((tmp_path / "from_rec" / "annotations.json").read_text()) == json.loads(Path(path).read_text())
     assert len(coco.imgs) == 2
     for img_id, item in zip(sorted(coco.imgs), items):
         assert (tmp_path / "images" / coco.imgs[img_id]["file_name"]).is_file()
