@@ -276,14 +276,17 @@ class ReplayDataset(Dataset):
     def __len__(self) -> int:
         return len(self._index)
 
-    def _read(self, shard: int, member: _Member) -> bytes:
+    def _seek(self, shard: int, member: _Member) -> Any:
         if os.getpid() != self._pid:  # a DataLoader worker: do not share file positions
             self._files, self._pid = {}, os.getpid()
         f = self._files.get(shard)
         if f is None:
             f = self._files[shard] = open(self.paths[shard], "rb")
         f.seek(member.offset)
-        return f.read(member.size)
+        return f
+
+    def _read(self, shard: int, member: _Member) -> bytes:
+        return self._seek(shard, member).read(member.size)
 
     def __getitem__(self, index: int) -> Any:
         if index < 0:
@@ -294,8 +297,10 @@ class ReplayDataset(Dataset):
         item = json.loads(self._read(shard, members["json"]))
         fields = item.pop(FIELDS, {})
         for name, kind in fields.items():
-            raw = self._read(shard, members[name])
-            item[name] = np.load(io.BytesIO(raw), allow_pickle=False) if kind == "npy" else pickle.loads(raw)
+            if kind == "npy":  # read straight into the array, no intermediate copy
+                item[name] = np.lib.format.read_array(self._seek(shard, members[name]), allow_pickle=False)
+            else:
+                item[name] = pickle.loads(self._read(shard, members[name]))
         return self.item_transform(item) if self.item_transform else item
 
     def __getstate__(self) -> dict:
