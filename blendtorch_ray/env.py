@@ -107,10 +107,15 @@ class _Connection:
             args.append("--btrealtime")
             if config.real_time_fps:
                 args += ["--btfps", str(config.real_time_fps)]
-        self.proc = BlenderProcess(
-            find_blender(config.blender), config.script, config.scene,
-            [*args, *config.script_args], self.log_path, env=config.env or None,
-        )
+        try:
+            self.proc = BlenderProcess(
+                find_blender(config.blender), config.script, config.scene,
+                [*args, *config.script_args], self.log_path, env=config.env or None,
+            )
+        except BaseException:
+            self.sock.close(0)
+            self.dir.cleanup()
+            raise
         self.ready = False
 
     def close(self) -> None:
