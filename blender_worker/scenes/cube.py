@@ -20,6 +20,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--frames", type=int, default=0, help="items to publish; 0 = forever")
     parser.add_argument("--engine", default="workbench")
+    parser.add_argument("--baseline", action="store_true", help="render --frames frames without publishing; print the time")
     args = parser.parse_args(remainder)
 
     rng = np.random.default_rng(launch.seed)
@@ -30,6 +31,8 @@ def main() -> None:
     renderer = bw.Renderer(bw.RenderSettings(engine=args.engine, resolution=(args.width, args.height), workbench_aa="OFF"))
     cam = bw.Camera()
     cam.look_at(look_at=(0, 0, 0), look_from=(6.0, -6.0, 4.5))
+    if args.baseline:
+        return _baseline(renderer, cam, cube, rng, args.frames or 100)
     pub = bw.DataPublisher(launch)
     anim = bw.AnimationController()
 
@@ -48,6 +51,22 @@ def main() -> None:
     anim.post_frame.add(post_frame)
     anim.play(frame_range=(1, 100), num_episodes=-1, use_physics=False)
     pub.close()
+
+
+def _baseline(renderer, cam, cube, rng, frames: int) -> None:
+    """Same per-frame work as the stream (randomise, render, project), nothing published."""
+    import time
+
+    t0 = None
+    for i in range(frames + 1):
+        if i == 1:
+            t0 = time.perf_counter()  # exclude the first (warm-up) frame
+        cube.rotation_euler = rng.uniform(0, np.pi, size=3)
+        cube.color = (*rng.uniform(0.2, 1.0, size=3), 1.0)
+        bpy.context.scene.frame_set(1 + i % 100)
+        renderer.render()
+        cam.bbox_object_to_pixel(cube)
+    print(f"BTR_BASELINE {frames} {time.perf_counter() - t0:.6f}", flush=True)
 
 
 main()

@@ -1,0 +1,36 @@
+"""Shared helpers for the benchmark scripts: timing, medians and table printing."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable, Iterable, Sequence
+
+
+def median_rate(fn: Callable[[], int], repeat: int) -> tuple[float, list[float]]:
+    """Run ``fn`` (returns a count) ``repeat`` times; median of count/seconds and all rates."""
+    rates = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        n = fn()
+        rates.append(n / (time.perf_counter() - t0))
+    return statistics.median(rates), rates
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence], title: str = "") -> str:
+    """A plain fixed-width table (markdown-compatible)."""
+    rows = [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    out = []
+    if title:
+        out.append(f"\n{title}")
+    out.append("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
+    out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    out += ["| " + " | ".join(c.rjust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _fmt(c) -> str:
+    if isinstance(c, float):
+        return f"{c:,.1f}" if abs(c) >= 10 else f"{c:.3f}"
+    return str(c)
