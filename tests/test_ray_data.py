@@ -55,8 +55,13 @@ def test_bad_arguments_are_named():
 
 # -- with real Blender and Ray -----------------------------------------------------------------
 @pytest.fixture(scope="module")
-def cubes(ray_session):
+def cubes(_ray_shutdown_at_end):
+    """Two cube instances shared by the module (the conftest's local Ray, started on demand)."""
+    from conftest import _init_local_ray
+
     from blender_worker.scenes import CUBE
+
+    _init_local_ray()
     from blendtorch_ray import BlenderLauncher
 
     args = ["--width", str(W), "--height", str(H)]
