@@ -54,7 +54,28 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_demo, add_health]
+def add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (source checkout)")
+    p.add_argument("name", help="benchmark name, e.g. transport, render, startup, memory, replay, env_steps, passes")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+    path = os.path.join(root, f"{args.name}.py")
+    if not os.path.isfile(path):
+        names = sorted(f[:-3] for f in os.listdir(root) if f.endswith(".py") and f != "common.py") if os.path.isdir(root) else []
+        print(f"no benchmark {args.name!r}; available: {', '.join(names) or 'none (benchmarks/ ships with the source checkout)'}",
+              file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, path, *args.args])
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_demo, add_health, add_bench]
 
 
 def add_record(sub: argparse._SubParsersAction) -> None:
