@@ -60,9 +60,12 @@ class ItemReceiver:
         self._poller.register(self.sock, zmq.POLLIN)
 
     def recv(self, timeout_ms: int) -> Optional[tuple[dict, Any]]:
-        if not self._poller.poll(timeout_ms):
-            return None
-        frames = self.sock.recv_multipart(copy=False)
+        try:  # fast path: a message is already queued, no poll system call
+            frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            if not timeout_ms or not self._poller.poll(timeout_ms):
+                return None
+            frames = self.sock.recv_multipart(copy=False)
         return codec.decode([f.buffer for f in frames])
 
     def close(self) -> None:
