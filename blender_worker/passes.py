@@ -214,7 +214,7 @@ class IdRender:
             "film_transparent": r.film_transparent,
             "filepath": r.filepath,
             "render_aa": sc.display.render_aa,
-            "media_type": fmt.media_type,
+            **({"media_type": fmt.media_type} if hasattr(fmt, "media_type") else {}),  # Blender >= 5.0
             "file_format": fmt.file_format,
             "color_mode": fmt.color_mode,
             "color_depth": fmt.color_depth,
@@ -231,7 +231,8 @@ class IdRender:
                 setattr(shading, k, v)
             for o in objs:
                 o.color = encode_id(o.pass_index)
-            fmt.media_type = "IMAGE"
+            if hasattr(fmt, "media_type"):
+                fmt.media_type = "IMAGE"
             fmt.file_format = "OPEN_EXR"
             fmt.color_mode = "RGBA"
             fmt.color_depth = "32"

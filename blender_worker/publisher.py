@@ -42,7 +42,10 @@ class DataPublisher:
         self.generation = 0
         """Tagged on every item; a DuplexChannel sets it to the last received message's generation."""
         self._codec = launch.codec
-        self._ctx = zmq.Context.instance()
+        # An own context, terminated in close(): term() waits (up to linger) until queued
+        # messages are sent. A Blender binary exits right after the script, and pending
+        # messages of an unterminated context would be dropped with the process.
+        self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.PUSH)
         self._sock.setsockopt(zmq.SNDHWM, send_hwm)
         self._sock.setsockopt(zmq.LINGER, linger_ms)
@@ -81,6 +84,7 @@ class DataPublisher:
         if linger_ms is not None:
             self._sock.setsockopt(zmq.LINGER, linger_ms)
         self._sock.close()
+        self._ctx.term()
 
     def __enter__(self) -> "DataPublisher":
         return self

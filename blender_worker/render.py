@@ -24,6 +24,28 @@ ENGINES = {
     "cycles": "CYCLES",
 }
 
+_ENGINE_ALIASES = {"BLENDER_EEVEE": ("BLENDER_EEVEE_NEXT",), "BLENDER_EEVEE_NEXT": ("BLENDER_EEVEE",)}
+"""Eevee is BLENDER_EEVEE up to 4.1 and from 5.0, BLENDER_EEVEE_NEXT in 4.2-4.4."""
+
+
+def set_engine(render: "bpy.types.RenderSettings", engine: str) -> None:
+    """Set ``render.engine`` from a short name or identifier, whatever this Blender calls it."""
+    ident = ENGINES.get(engine.lower(), engine)
+    for candidate in (ident, *_ENGINE_ALIASES.get(ident, ())):
+        try:
+            render.engine = candidate
+            return
+        except TypeError:  # not an engine of this Blender version
+            continue
+    raise ValueError(f"render engine {engine!r} is not available in Blender {bpy.app.version_string}; "
+                     f"use one of {sorted(ENGINES)}")
+
+
+def set_media_type(fmt: "bpy.types.ImageFormatSettings", media_type: str) -> None:
+    """Set ``fmt.media_type`` (Blender >= 5.0 only; older versions infer it from file_format)."""
+    if hasattr(fmt, "media_type"):
+        fmt.media_type = media_type
+
 
 @dataclass
 class RenderSettings:
@@ -121,10 +143,14 @@ class Renderer:
     def _configure(self) -> None:
         s, r = self.settings, self.scene.render
         if s.engine:
-            r.engine = ENGINES.get(s.engine.lower(), s.engine)
+            set_engine(r, s.engine)
         if s.resolution:
             r.resolution_x, r.resolution_y = s.resolution
             r.resolution_percentage = 100
+        if r.engine == "CYCLES" and self.scene.cycles.use_denoising and not self.scene.cycles.denoiser:
+            # No denoiser in this build (e.g. Debian's Blender has no OpenImageDenoise): rendering
+            # would fail with "Build without OpenImageDenoiser", so render without denoising.
+            self.scene.cycles.use_denoising = False
         if s.samples is not None:
             if r.engine == "CYCLES":
                 self.scene.cycles.samples = s.samples
@@ -156,7 +182,7 @@ class Renderer:
         if passes is not None:
             return self._render_passes(tuple(passes) if not isinstance(passes, str) else (passes,), color)
         fmt = self.scene.render.image_settings
-        fmt.media_type = "IMAGE"
+        set_media_type(fmt, "IMAGE")
         if color == "srgb8":
             path = os.path.join(self._dir, "frame.tga")
             fmt.file_format = "TARGA_RAW"
@@ -185,7 +211,7 @@ class Renderer:
             P.assign_instance_ids(self.scene)
         P.enable_view_layer_passes(bpy.context.view_layer, names, engine)
         fmt = self.scene.render.image_settings
-        fmt.media_type = "MULTI_LAYER_IMAGE"
+        set_media_type(fmt, "MULTI_LAYER_IMAGE")
         fmt.file_format = "OPEN_EXR_MULTILAYER"
         fmt.color_depth = "32"
         fmt.exr_codec = "NONE"
@@ -226,7 +252,7 @@ class Renderer:
             img.filepath = exr_path
             img.reload()
         fmt = self.scene.render.image_settings
-        fmt.media_type = "IMAGE"
+        set_media_type(fmt, "IMAGE")
         fmt.file_format = "TARGA_RAW"
         fmt.color_mode = "RGBA"
         tga = os.path.join(self._dir, "passes.tga")

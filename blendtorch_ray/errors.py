@@ -45,3 +45,8 @@ class BlenderCrashedError(BlendtorchError):
 
 class StreamTimeout(BlendtorchError, TimeoutError):
     """No item arrived within the dataset's timeout."""
+
+
+class BlenderVersionError(BlenderNotFoundError):
+    """A Blender binary was found but cannot run blender_worker (too old, or its bundled
+    Python differs from this interpreter's, so this environment's numpy/pyzmq cannot load)."""
