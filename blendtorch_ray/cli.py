@@ -149,6 +149,28 @@ def cmd_coco(args: argparse.Namespace) -> int:
 COMMANDS.append(add_coco)
 
 
+def add_doctor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="list every Blender found, its version, which engines render headless, what to fix")
+    p.add_argument("--engines", default="workbench,eevee,cycles",
+                   help="comma-separated engines to try (default: workbench,eevee,cycles)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per probe subprocess (default 120)")
+    p.add_argument("--jobs", type=int, default=2, help="Blenders examined in parallel (default 2)")
+    p.set_defaults(func=cmd_doctor)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from blendtorch_ray.doctor import run_doctor
+
+    engines = [e.strip().lower() for e in args.engines.split(",") if e.strip()]
+    try:
+        return run_doctor(engines=engines, timeout=args.timeout, jobs=args.jobs)
+    except ValueError as exc:
+        raise SystemExit(f"blendtorch-ray doctor: {exc}") from None
+
+
+COMMANDS.append(add_doctor)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blendtorch-ray", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
