@@ -44,7 +44,7 @@ from blender_worker.scenes import CUBE
 from blendtorch_ray.blender import find_blender
 exe = find_blender()
 t0 = time.perf_counter()
-out = subprocess.run(exe.command(CUBE, None, ["--btid", "0", "--btseed", "0", "--baseline", "--frames", "0"]),
+out = subprocess.run(exe.command(CUBE, None, ["--btid", "0", "--btseed", "0", "--baseline", "--frames", "1"]),
                      capture_output=True, text=True, env=exe.environment()).stdout
 print("BTR", time.perf_counter() - t0)
 """
