@@ -89,8 +89,22 @@ def read_tga(path: str) -> np.ndarray:
     return rgba
 
 
+def _numpy_exr() -> bool:
+    """Inside a Blender binary the openexr wheel clashes with Blender's own OpenEXR libraries
+    (Debian's 3.4 segfaults in it): read with ``blender_worker.exr`` there instead."""
+    return bool(bpy.app.binary_path)
+
+
 def read_exr(path: str) -> dict[str, np.ndarray]:
     """Read every channel group of an OpenEXR file as float arrays (top-left origin)."""
+    if _numpy_exr():
+        from blender_worker.exr import read_channels
+
+        ch = read_channels(path)
+        for group in ("RGBA", "RGB"):
+            if set(group) <= set(ch):
+                return {group: np.stack([ch.pop(c) for c in group], axis=-1), **ch}
+        return ch
     import OpenEXR  # the openexr package; imported lazily as only float output needs it
 
     with OpenEXR.File(path) as f:
@@ -104,20 +118,28 @@ def read_exr_layers(path: str) -> dict[str, np.ndarray]:
     "Object Index", AOV names); single-channel passes are (H, W), others (H, W, C) with the
     channels in R, G, B, A / X, Y, Z order.
     """
+    if _numpy_exr():
+        from blender_worker.exr import read_channels
+
+        return _group_layers([read_channels(path)])
     import OpenEXR
 
+    with OpenEXR.File(path, separate_channels=True) as f:
+        return _group_layers([{n: np.array(ch.pixels) for n, ch in part.channels.items()} for part in f.parts])
+
+
+def _group_layers(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     order = {c: i for i, c in enumerate("RGBAXYZUVW")}
     out: dict[str, np.ndarray] = {}
-    with OpenEXR.File(path, separate_channels=True) as f:
-        for part in f.parts:
-            groups: dict[str, list[tuple[str, np.ndarray]]] = {}
-            for name, ch in part.channels.items():
-                layer, _, comp = name.rpartition(".")
-                groups.setdefault(layer, []).append((comp, np.array(ch.pixels)))
-            for layer, chans in groups.items():
-                key = layer.split(".", 1)[1] if "." in layer else layer
-                chans.sort(key=lambda c: order.get(c[0], 99))
-                out[key] = chans[0][1] if len(chans) == 1 else np.stack([c[1] for c in chans], axis=-1)
+    for channels in parts:
+        groups: dict[str, list[tuple[str, np.ndarray]]] = {}
+        for name, pixels in channels.items():
+            layer, _, comp = name.rpartition(".")
+            groups.setdefault(layer, []).append((comp, pixels))
+        for layer, chans in groups.items():
+            key = layer.split(".", 1)[1] if "." in layer else layer
+            chans.sort(key=lambda c: order.get(c[0], 99))
+            out[key] = chans[0][1] if len(chans) == 1 else np.stack([c[1] for c in chans], axis=-1)
     return out
 
 

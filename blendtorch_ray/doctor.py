@@ -38,8 +38,9 @@ _INFO_PROBE = textwrap.dedent(
         out["numpy"], out["pyzmq"] = numpy.__version__, zmq.__version__
     except BaseException as exc:
         out["worker"] = f"{type(exc).__name__}: {exc}"
-    try:
-        import OpenEXR
+    try:  # inside a Blender binary blender_worker reads EXR with numpy (blender_worker.exr)
+        if not bpy.app.binary_path:
+            import OpenEXR
     except BaseException as exc:
         out["exr"] = f"{type(exc).__name__}: {exc}"
     print(%r + json.dumps(out), flush=True)

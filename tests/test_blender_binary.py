@@ -120,3 +120,56 @@ def test_unknown_binary_and_python_mismatch(tmp_path, monkeypatch):
     monkeypatch.setenv("BLENDTORCH_BLENDER", os.fspath(tmp_path / "missing"))
     with pytest.raises(BlenderNotFoundError, match="does not exist"):
         find_blender()
+
+
+def test_numpy_exr_reader_matches_openexr(tmp_path):
+    """blender_worker.exr (used inside Blender binaries) reads what the openexr package writes."""
+    OpenEXR = pytest.importorskip("OpenEXR")
+    from blender_worker.exr import read_channels
+
+    rng = np.random.default_rng(0)
+    chans = {"R": rng.random((5, 7), np.float32), "G": rng.random((5, 7), np.float32),
+             "ViewLayer.Depth.Z": rng.random((5, 7), np.float32),
+             "H": rng.random((5, 7)).astype(np.float16)}
+    header = {"compression": OpenEXR.NO_COMPRESSION, "type": OpenEXR.scanlineimage}
+    path = str(tmp_path / "x.exr")
+    with OpenEXR.File(header, dict(chans)) as f:
+        f.write(path)
+    got = read_channels(path)
+    assert set(got) == set(chans)
+    for k, v in chans.items():
+        assert got[k].dtype == v.dtype
+        np.testing.assert_array_equal(got[k], v)
+    with OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}, dict(chans)) as f:
+        f.write(path)
+    with pytest.raises(ValueError, match="exr_codec='NONE'"):
+        read_channels(path)
+
+
+@pytest.mark.blender
+@pytest.mark.ray
+def test_linear_color_passes_and_engines_in_the_binary(ray_session, debian_blender, write_script):
+    script = write_script(
+        """
+        import bpy
+        import blender_worker as bw
+        launch, _ = bw.parse_launch_args()
+        pub = bw.DataPublisher(launch)
+        r = bw.Renderer(bw.RenderSettings(engine="workbench", resolution=(32, 24)))
+        lin = r.render(color="linear")["image"]
+        p = r.render(passes=("rgba", "depth", "instance"))
+        shapes = {}
+        for engine in ("cycles", "eevee"):
+            e = bw.Renderer(bw.RenderSettings(engine=engine, resolution=(32, 24), samples=1))
+            shapes[engine] = (bpy.context.scene.render.engine, e.render()["image"].shape)
+        pub.publish(lin=lin, rgba=p["rgba"], depth=p["depth"], instance=p["instance"], shapes=shapes)
+        """
+    )
+    with BlenderLauncher(script=script, blender="blender", ready_timeout=120) as bl:
+        (it,) = list(bl.dataset(timeout=180))
+    assert it["lin"].shape == (24, 32, 4) and it["lin"].dtype == np.float32
+    assert it["rgba"].shape == (24, 32, 4) and it["rgba"].dtype == np.uint8
+    cube = it["instance"] > 0  # the default cube is in view, the background is not
+    assert 0 < cube.sum() < cube.size
+    assert np.isfinite(it["depth"][cube]).all() and np.isinf(it["depth"][~cube]).all()
+    assert it["shapes"] == {"cycles": ("CYCLES", (24, 32, 4)), "eevee": ("BLENDER_EEVEE", (24, 32, 4))}
