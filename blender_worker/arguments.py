@@ -29,6 +29,8 @@ class LaunchArgs:
     """ZeroMQ address of the duplex control socket, if one was requested."""
     parent_pid: int
     """Pid of the supervising process; Blender exits when it goes away."""
+    ack_path: Optional[str] = None
+    """The supervisor creates ``{ack_path}.{epoch}`` once it has read this epoch's end marker."""
     codec: str = "pickle"
     """Message codec for published items (see ``blender_worker.codec``)."""
     remainder: list[str] = field(default_factory=list)
@@ -58,6 +60,7 @@ def parse_launch_args(argv: Optional[Sequence[str]] = None) -> tuple[LaunchArgs,
     parser.add_argument("-btcontrol", "--btcontrol", default=None)
     parser.add_argument("-btparent", "--btparent", type=int, default=0)
     parser.add_argument("-btcodec", "--btcodec", default="pickle")
+    parser.add_argument("-btack", "--btack", default=None)
     args, remainder = parser.parse_known_args(_script_argv(argv))
     launch = LaunchArgs(
         btid=args.btid,
@@ -67,6 +70,7 @@ def parse_launch_args(argv: Optional[Sequence[str]] = None) -> tuple[LaunchArgs,
         control_address=args.btcontrol,
         parent_pid=args.btparent,
         codec=args.btcodec,
+        ack_path=args.btack,
         remainder=list(remainder),
     )
     if launch.parent_pid:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import os
 import time
 from typing import Any, Optional
 
@@ -80,11 +81,28 @@ class DataPublisher:
             return
         self._closed = True
         # End marker: tells the actor that every item of this epoch has been sent.
-        self._sock.send_multipart(codec.encode({"count": self.seq}, codec="json", kind=codec.KIND_END))
+        self._sock.send_multipart(
+            codec.encode({"count": self.seq, "epoch": self.launch.epoch}, codec="json", kind=codec.KIND_END)
+        )
+        self._wait_for_ack()
         if linger_ms is not None:
             self._sock.setsockopt(zmq.LINGER, linger_ms)
         self._sock.close()
         self._ctx.term()
+
+    def _wait_for_ack(self) -> None:
+        """Stay alive until the supervisor has read everything up to the end marker.
+
+        ZeroMQ drops messages still in transit when the sending process exits while the
+        receiver's queue is full (a consumer that has not started reading yet), so a
+        finishing Blender waits for the actor's acknowledgement. The lifeline still ends
+        this process if the supervisor goes away.
+        """
+        if not self.launch.ack_path:
+            return
+        ack = f"{self.launch.ack_path}.{self.launch.epoch}"
+        while not os.path.exists(ack):
+            time.sleep(0.02)
 
     def __enter__(self) -> "DataPublisher":
         return self

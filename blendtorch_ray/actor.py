@@ -125,6 +125,7 @@ class BlenderActor:
             "--btcontrol", self._control.address,
             "--btparent", str(os.getpid()),
             "--btcodec", self.config.codec,
+            "--btack", self._dir.join("end-ack"),
             *self.config.args_for(self.btid),
         ]
         env = dict(os.environ)
@@ -284,6 +285,9 @@ class BlenderActor:
     def _on_end(self, obj: dict) -> None:
         """The publisher's end marker says how many items it sent; count any shortfall."""
         sent = int(obj.get("count", 0)) if isinstance(obj, dict) else 0
+        # Let the finishing Blender exit: everything it sent has been read.
+        with open(self._dir.join(f"end-ack.{self.epoch}"), "w"):
+            pass
         if sent > self._epoch_items:
             self.lost += sent - self._epoch_items
             self._warn(f"{sent - self._epoch_items} item(s) of epoch {self.epoch} were sent but never arrived")

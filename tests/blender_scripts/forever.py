@@ -1,7 +1,7 @@
 """Publish items forever, a few hundred per second.
 
-``--size N`` publishes an N x N float32 array (default 8); ``--progress FILE`` writes the
-number of items published so far to FILE-<epoch> after every publish (for loss accounting).
+``--size N`` publishes an N x N float32 array (default 8); ``--progress FILE`` writes (before each
+publish) the number of items published so far, counting the one being published, to FILE-<epoch> after every publish (for loss accounting).
 """
 import argparse
 import os
@@ -20,10 +20,10 @@ args = parser.parse_args(rest)
 pub = bw.DataPublisher(launch)
 env = {k: os.environ.get(k) for k in args.env}
 while True:
-    pub.publish(arr=np.full((args.size, args.size), pub.seq, np.float32), env=env, pid=os.getpid())
-    if args.progress:
+    if args.progress:  # written before publishing: an upper bound on what was published
         path = f"{args.progress}-{launch.epoch}"
         with open(path + ".tmp", "w") as f:
-            f.write(str(pub.seq))
+            f.write(str(pub.seq + 1))
         os.replace(path + ".tmp", path)
+    pub.publish(arr=np.full((args.size, args.size), pub.seq, np.float32), env=env, pid=os.getpid())
     time.sleep(0.005)
