@@ -142,3 +142,18 @@ def test_script_error_on_start_raises_with_blender_traceback(ray_session):
 def test_script_that_never_publishes_fails_readiness_clearly(ray_session):
     with pytest.raises(BlenderStartError, match="no readiness handshake within 6s"):
         BlenderLauncher(script=str(TEST_SCRIPTS / "never_ready.py"), ready_timeout=6).start()
+
+
+def test_consumer_that_starts_late_still_gets_every_item(ray_session):
+    """Blender finishes publishing long before anyone reads: it waits for the actor's
+    acknowledgement of its end marker, so nothing in transit is dropped."""
+    import time
+
+    with BlenderLauncher(
+        script=str(TEST_SCRIPTS / "launch_info.py"), num_instances=2, instance_args=[["--items", "30"]] * 2
+    ) as bl:
+        time.sleep(4.0)  # both instances have published everything they can and wait
+        items = list(bl.dataset(timeout=60))
+        health = bl.health()
+    assert sorted((i["btid"], i["seq"]) for i in items) == [(b, s) for b in (0, 1) for s in range(30)]
+    assert all(h.lost_items == 0 and not h.alive for h in health)
