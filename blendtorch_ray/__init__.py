@@ -10,9 +10,11 @@ from blendtorch_ray.errors import (
     BlenderCrashedError,
     BlenderNotFoundError,
     BlenderStartError,
+    BlenderVersionError,
     BlendtorchError,
     StreamTimeout,
 )
+from blendtorch_ray.actor import InstanceHealth
 from blendtorch_ray.launcher import BlenderLauncher
 from blendtorch_ray.dataset import RemoteIterableDataset, make_loader
 
@@ -27,6 +29,8 @@ __all__ = [
     "BlenderNotFoundError",
     "BlenderStartError",
     "BlenderCrashedError",
+    "BlenderVersionError",
+    "InstanceHealth",
     "StreamTimeout",
 ]
 
