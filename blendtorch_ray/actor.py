@@ -204,11 +204,32 @@ class BlenderActor:
 
     # -- streaming ------------------------------------------------------------
     @ray.method(concurrency_group="stream")
-    def stream(self) -> Iterator[list[dict]]:
+    def stream(self, ring: bool = False) -> Iterator[Any]:
         """Yield batches (lists of item dicts) until the instance finishes (exit code 0).
 
-        Use with ``.options(_generator_backpressure_num_objects=...)``.
+        Use with ``.options(_generator_backpressure_num_objects=...)``. With ``ring=True``
+        (consumer on this node) the first object names a shared-memory ring and the batches
+        that follow are descriptors of its slots (see ``shm_ring``).
         """
+        shm = None
+        if ring:
+            import uuid
+
+            from blendtorch_ray.shm_ring import ShmRing
+
+            cfg = self.config
+            shm = ShmRing(self._dir.join(f"ring-{uuid.uuid4().hex[:8]}"), cfg.max_batches_in_flight + 2,
+                          int(cfg.ring_slot_mb * 2**20), create=True)
+            yield {"__btr_ring__": shm.path, "slots": shm.slots, "slot_bytes": shm.slot_bytes}
+        try:
+            yield from self._stream(shm)
+        except ConnectionAbortedError:  # the ring's reader went away
+            return
+        finally:
+            if shm is not None:
+                shm.close(unlink=True)
+
+    def _stream(self, ring: Any) -> Iterator[Any]:
         cfg = self.config
         batch: list[dict] = []
         batch_started = 0.0
@@ -235,25 +256,25 @@ class BlenderActor:
                 self._count()
                 self._partial = len(batch)
                 if len(batch) >= cfg.batch_size:
-                    yield self._hand_over(batch)
+                    yield self._hand_over(batch, ring)
                     batch = []
                 if self._should_recycle():
                     batch += self._recycle()
                 continue
             if batch and time.monotonic() - batch_started > cfg.max_batch_delay:
-                yield self._hand_over(batch)
+                yield self._hand_over(batch, ring)
                 batch = []
             if not self.process.alive():
                 batch += self._drain()
                 if batch:
-                    yield self._hand_over(batch)
+                    yield self._hand_over(batch, ring)
                     batch = []
                 if self.process.poll() == 0:
                     self._finished = True
                     return
                 self._restart()
         if batch:
-            yield self._hand_over(batch)
+            yield self._hand_over(batch, ring)
 
     def _drain(self, timeout: float = 30.0) -> list[dict]:
         """Collect what an ending Blender flushes before it exits.
@@ -322,9 +343,13 @@ class BlenderActor:
         self.items += 1
         self._epoch_items += 1
 
-    def _hand_over(self, batch: list[dict]) -> list[dict]:
+    def _hand_over(self, batch: list[dict], ring: Any = None) -> Any:
         self.batches += 1
         self._partial = 0
+        if ring is not None:
+            desc = ring.put(batch)
+            if desc is not None:
+                return desc
         return batch
 
     # -- control ---------------------------------------------------------------
@@ -367,6 +392,7 @@ class BlenderActor:
         return {
             "data": self._receiver.address,
             "dir": self._dir.path,
+            "node_id": ray.get_runtime_context().get_node_id(),
             "actor_pid": os.getpid(),
             "blender_pid": self.process.pid,
         }

@@ -53,6 +53,12 @@ class LaunchConfig:
     (for an autoscaling cluster to add nodes)."""
     transport: str = "ipc"
     """Local hop: "ipc" (unix socket in a private 0700 dir) or "tcp" (127.0.0.1, random port)."""
+    shared_memory_ring: bool = True
+    """Same-node fast path: consumers on the actor's node get arrays through a ring of
+    /dev/shm slots instead of the object store (see blendtorch_ray/shm_ring.py); consumers
+    on other nodes always use the object store. False: object store for everyone."""
+    ring_slot_mb: float = 32.0
+    """Size of one ring slot; a batch whose arrays do not fit goes through the object store."""
     max_message_mb: float = 1024.0
     """Messages larger than this are refused by the actor's socket (the sender is dropped)."""
     codec: str = "pickle"

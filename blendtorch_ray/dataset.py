@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 from blendtorch_ray.errors import BlendtorchError, StreamTimeout
 from blendtorch_ray.launcher import actor_name
 from blendtorch_ray.runtime import ensure_ray, gcs_address
+from blendtorch_ray.shm_ring import ShmRing, is_ring_batch, is_ring_header
 
 log = logging.getLogger("blendtorch_ray")
 
@@ -70,6 +71,8 @@ class RemoteIterableDataset(IterableDataset):
         WebDataset tar shards; replay with ``blendtorch_ray.recording.ReplayDataset``.
     reconnect_timeout: float
         Seconds to wait for Ray to recreate an instance whose actor or node was lost.
+    shared_memory_ring: bool
+        Read instances on this node through a shared-memory ring instead of the object store.
     """
 
     def __init__(
@@ -84,6 +87,7 @@ class RemoteIterableDataset(IterableDataset):
         btids: Optional[Sequence[int]] = None,
         record_to: Optional[str] = None,
         reconnect_timeout: float = 120.0,
+        shared_memory_ring: bool = False,
     ) -> None:
         super().__init__()
         if max_items is not None and max_items < 0:
@@ -101,6 +105,7 @@ class RemoteIterableDataset(IterableDataset):
             raise ValueError(f"btids {bad} out of range for a group of {num_instances} instances (0..{num_instances - 1})")
         self.record_to = record_to
         self.reconnect_timeout = reconnect_timeout
+        self.shared_memory_ring = shared_memory_ring
         self._address = gcs_address() if ray.is_initialized() else None
         self._creator_pid = os.getpid()
 
@@ -135,10 +140,8 @@ class RemoteIterableDataset(IterableDataset):
         if not btids or budget == 0:
             return
         actors = {b: ray.get_actor(actor_name(self.group, b), namespace=self.namespace) for b in btids}
-        gens = {
-            actors[b].stream.options(_generator_backpressure_num_objects=self.max_batches_in_flight).remote(): b
-            for b in btids
-        }
+        gens = {self._open_stream(actors[b]): b for b in btids}
+        rings: dict = {}
         remaining = budget
         recorder = None
         if self.record_to:
@@ -154,6 +157,11 @@ class RemoteIterableDataset(IterableDataset):
                 try:
                     ref = next(gen)
                     batch = ray.get(ref)  # raises the instance's error (e.g. BlenderCrashedError)
+                    if is_ring_header(batch):
+                        rings[gen] = ShmRing(batch["__btr_ring__"], batch["slots"], batch["slot_bytes"], create=False)
+                        continue
+                    if is_ring_batch(batch):
+                        batch = rings[gen].take(batch)
                 except StopIteration:
                     del gens[gen]
                     continue
@@ -161,6 +169,7 @@ class RemoteIterableDataset(IterableDataset):
                     # The actor (or its node) died; Ray recreates it elsewhere. Items in flight
                     # are lost (see README: loss bound); delivered items are never repeated.
                     b = gens.pop(gen)
+                    rings.pop(gen, None)
                     gens[self._reconnect(actors[b], b, exc)] = b
                     continue
                 for item in batch:
@@ -172,6 +181,9 @@ class RemoteIterableDataset(IterableDataset):
                         if remaining == 0:
                             return
         finally:
+            for shm in rings.values():
+                shm.close_reader()
+                shm.close()
             if recorder is not None:
                 recorder.close()
             for gen in gens:
@@ -198,7 +210,16 @@ class RemoteIterableDataset(IterableDataset):
                     ) from exc
                 time.sleep(1.0)
         log.warning("instance %d of %r is back on node %s (epoch %s)", btid, self.group, info.get("node_id"), info.get("epoch"))
-        return actor.stream.options(_generator_backpressure_num_objects=self.max_batches_in_flight).remote()
+        return self._open_stream(actor)
+
+    def _open_stream(self, actor: Any) -> Any:
+        """Start the actor's batch generator; through the shared-memory ring if asked for
+        and the actor runs on this node."""
+        ring = False
+        if self.shared_memory_ring:
+            node = ray.get(actor.endpoints.remote()).get("node_id")
+            ring = node == ray.get_runtime_context().get_node_id()
+        return actor.stream.options(_generator_backpressure_num_objects=self.max_batches_in_flight).remote(ring)
 
     def _timeout_error(self, actors: dict, waiting: list[int]) -> StreamTimeout:
         lines, tails = [], []

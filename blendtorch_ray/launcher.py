@@ -174,6 +174,9 @@ class BlenderLauncher:
         """
         from blendtorch_ray.dataset import RemoteIterableDataset
 
+        if self.config is not None:
+            options.setdefault("shared_memory_ring", self.config.shared_memory_ring)
+
         if not self._started:
             self.start()
         inflight = max_batches_in_flight or (self.config.max_batches_in_flight if self.config else 4)
