@@ -110,26 +110,12 @@ class Camera:
 
     def object_to_pixel(self, *objs: "bpy.types.Object", return_depth: bool = False):
         """Project the evaluated mesh vertices of each object; one (N, 2) array per object."""
-        depsgraph = bpy.context.evaluated_depsgraph_get()
-        out = []
-        for obj in objs:
-            ev = obj.evaluated_get(depsgraph)
-            mesh = ev.to_mesh()
-            try:
-                xyz = np.empty(len(mesh.vertices) * 3, dtype=np.float64)
-                mesh.vertices.foreach_get("co", xyz)
-            finally:
-                ev.to_mesh_clear()
-            world = _hom(xyz.reshape(-1, 3)) @ np.asarray(ev.matrix_world).T
-            out.append(self.world_to_pixel(world[:, :3], return_depth=return_depth))
+        out = [self.world_to_pixel(self.object_vertices(obj), return_depth=return_depth) for obj in objs]
         return out[0] if len(out) == 1 else out
 
     def bbox_object_to_pixel(self, *objs: "bpy.types.Object", return_depth: bool = False):
         """Project the 8 corners of each object's bounding box; (8, 2) per object."""
-        out = []
-        for obj in objs:
-            corners = np.array([list(obj.matrix_world @ Vector(c)) for c in obj.bound_box])
-            out.append(self.world_to_pixel(corners, return_depth=return_depth))
+        out = [self.world_to_pixel(self.bbox3d(obj), return_depth=return_depth) for obj in objs]
         return out[0] if len(out) == 1 else out
 
     def look_at(self, look_at: Sequence[float] = (0.0, 0.0, 0.0), look_from: Optional[Sequence[float]] = None) -> None:

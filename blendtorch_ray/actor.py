@@ -153,8 +153,6 @@ class BlenderActor:
                     header, obj = msg
                     if header.get("kind") == codec.KIND_READY:
                         self._ready = True
-                        return {"btid": self.btid, "pid": self.process.pid, "epoch": self.epoch,
-                                "node_id": ray.get_runtime_context().get_node_id()}
                     continue
                 if not self.process.alive():
                     raise self._error(
@@ -168,7 +166,8 @@ class BlenderActor:
                         f"no readiness handshake within {self.config.ready_timeout:.0f}s; does the "
                         "script create a DataPublisher(launch_args)? Raise ready_timeout for slow scenes",
                     )
-        return {"btid": self.btid, "pid": self.process.pid, "epoch": self.epoch}
+        return {"btid": self.btid, "pid": self.process.pid, "epoch": self.epoch,
+                "node_id": ray.get_runtime_context().get_node_id()}
 
     def _recv(self, timeout_ms: int) -> Optional[tuple[dict, Any]]:
         try:
@@ -198,6 +197,10 @@ class BlenderActor:
         self._warn(f"Blender {why}; restarting in {delay:.1f}s (restart {self.restarts + 1})")
         time.sleep(delay)
         self.restarts += 1
+        self._next_epoch()
+
+    def _next_epoch(self) -> None:
+        """Start a fresh Blender for the next epoch (new seed, same btid)."""
         self.epoch += 1
         self._ready = False
         self.process = self._spawn()
@@ -330,9 +333,7 @@ class BlenderActor:
         items = self._drain()
         self.process.terminate(timeout=5.0)
         self.recycles += 1
-        self.epoch += 1
-        self._ready = False
-        self.process = self._spawn()
+        self._next_epoch()
         return items
 
     def _count(self) -> None:
@@ -359,13 +360,6 @@ class BlenderActor:
         fps = 0.0
         if self._t_first is not None and self._t_last and self._t_last > self._t_first:
             fps = (self.items - 1) / (self._t_last - self._t_first)
-        rss = 0
-        try:
-            import psutil
-
-            rss = psutil.Process(self.process.pid).memory_info().rss if self.process.alive() else 0
-        except Exception:  # noqa: BLE001 - health must never fail
-            rss = 0
         return InstanceHealth(
             btid=self.btid,
             node_id=ray.get_runtime_context().get_node_id(),
@@ -380,7 +374,7 @@ class BlenderActor:
             dropped_messages=self.dropped,
             last_error=self.last_error,
             log_path=self.log_path,
-            rss_bytes=rss,
+            rss_bytes=self.process.rss_bytes(),
             recycles=self.recycles,
             lost_items=self.lost,
             warnings=list(self.warnings),

@@ -80,6 +80,8 @@ class BlenderProcess:
 
     def rss_bytes(self) -> int:
         """Resident memory of the Blender process (0 if gone)."""
+        if not self.alive():
+            return 0
         try:
             import psutil
 

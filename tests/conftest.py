@@ -91,6 +91,23 @@ def blender_pids() -> set[int]:
     return pids
 
 
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (ProcessLookupError, OSError):
+        return False
+
+
+def loss_bound(batch_size: int, in_flight: int, item_bytes: int) -> int:
+    """Documented bound on items lost when an instance dies with items in flight (README)."""
+    zmq_queues = 4 + 4  # send and receive high-water marks
+    kernel = -(-2 * 212_992 // item_bytes)  # default unix socket buffers, both ends
+    return batch_size * (in_flight + 1) + zmq_queues + kernel
+
+
 def wait_until(cond, timeout: float = 20.0, interval: float = 0.2) -> bool:
     """Poll ``cond()`` until true or ``timeout`` seconds pass; returns the last value."""
     deadline = time.monotonic() + timeout

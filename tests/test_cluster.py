@@ -1,32 +1,14 @@
 """Multi-node tests on one machine with ray.cluster_utils.Cluster: placement by the
 ``blender`` resource, GPU hand-over, and surviving the loss of a node."""
 
-import os
-
 import pytest
 
 from blendtorch_ray import BlenderLauncher
-from conftest import TEST_SCRIPTS, wait_until
+from conftest import TEST_SCRIPTS, loss_bound, pid_alive, wait_until
 
 pytestmark = [pytest.mark.blender, pytest.mark.ray, pytest.mark.slow]
 
 ITEM_SIDE = 128  # 64 KiB items: kernel socket buffers hold only a few of them
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (ProcessLookupError, OSError):
-        return False
-
-
-def loss_bound(batch_size: int, in_flight: int, item_bytes: int) -> int:
-    """Documented bound on items lost when an instance's node dies (see README)."""
-    zmq_queues = 4 + 4  # send and receive high-water marks
-    kernel = -(-2 * 212_992 // item_bytes)  # default unix socket buffers, both ends
-    return batch_size * (in_flight + 1) + zmq_queues + kernel
 
 
 def test_instances_use_the_blender_resource_and_gpus_are_handed_over(ray_cluster):
@@ -78,7 +60,7 @@ def test_lost_node_instances_are_recreated_and_the_stream_goes_on(ray_cluster, t
         new_nodes = {h.btid: h.node_id for h in bl.health()}
     # Recreated on the surviving node; the old Blender processes are gone.
     assert all(new_nodes[b] != victim_node for b in victims)
-    assert wait_until(lambda: not any(_alive(old_pids[b]) for b in victims), timeout=30)
+    assert wait_until(lambda: not any(pid_alive(old_pids[b]) for b in victims), timeout=30)
     # Nothing delivered twice; before the loss, each instance's items are gap-free.
     keys = [(i["btid"], i["epoch"], i["seq"]) for i in seen]
     assert len(keys) == len(set(keys))

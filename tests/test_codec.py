@@ -1,6 +1,5 @@
 """Unit tests of the message codec (no Blender, no Ray)."""
 
-import pickle
 import threading
 
 import numpy as np

@@ -4,7 +4,6 @@ import os
 import stat
 import time
 
-import numpy as np
 import psutil
 import pytest
 import zmq

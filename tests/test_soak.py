@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from blendtorch_ray import BlenderLauncher
-from conftest import TEST_SCRIPTS, blender_pids, wait_until
+from conftest import TEST_SCRIPTS, blender_pids, loss_bound, wait_until
 
 pytestmark = [pytest.mark.blender, pytest.mark.ray, pytest.mark.slow]
 
@@ -70,7 +70,7 @@ def test_soak_random_kills(ray_session, tmp_path):
             if e != epochs[-1]:  # killed epochs (the last one was still running)
                 lost += int((tmp_path / f"p{b}-{e}").read_text()) - len(seqs)
     killed_epochs = sum(len({k[1] for k in keys if k[0] == b}) - 1 for b in (0, 1))
-    per_kill_bound = batch_size * (in_flight + 1) + 8 + -(-2 * 212_992 // (64 * 64 * 4))
+    per_kill_bound = loss_bound(batch_size, in_flight, 64 * 64 * 4)
     peak = max(rss) if rss else driver.memory_info().rss
     print(f"\nsoak {seconds:.0f}s: items {len(keys)}, kills {len(kills)}, restarts {restarts}, "
           f"lost {lost} over {killed_epochs} killed epochs (bound {per_kill_bound} each), "
