@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset, default_collate, get_w
 from blendtorch_ray.errors import BlendtorchError, StreamTimeout
 from blendtorch_ray.launcher import actor_name
 from blendtorch_ray.runtime import ensure_ray, gcs_address
-from blendtorch_ray.shm_ring import ShmRing, is_ring_batch, is_ring_header
+from blendtorch_ray.shm_ring import ShmRing, is_ring_batch, is_ring_header, ring_block
 
 log = logging.getLogger("blendtorch_ray")
 
@@ -247,16 +247,37 @@ def collate(batch: list) -> Any:
     """Collate items into a batch: like ``default_collate``, but numpy arrays are stacked
     with ``np.stack`` (5x faster than torch's per-item ``as_tensor`` + ``stack`` here) and
     the warning about read-only arrays is not raised (Ray's zero-copy arrays are read-only;
-    stacking copies them anyway)."""
+    stacking copies them anyway). Rows that the shared-memory ring already copied out as
+    one block are returned as that block, without a second copy (so a batch and the items
+    it was made of share memory; arrays from anywhere else are always copied)."""
     elem = batch[0]
     if isinstance(elem, np.ndarray) and elem.dtype != object:
         if all(isinstance(b, np.ndarray) and b.shape == elem.shape and b.dtype == elem.dtype for b in batch):
-            return torch.from_numpy(np.stack(batch))
+            rows = _consecutive_rows(batch)
+            return torch.from_numpy(rows if rows is not None else np.stack(batch))
     if isinstance(elem, Mapping) and all(isinstance(b, Mapping) and b.keys() == elem.keys() for b in batch):
         return {key: collate([b[key] for b in batch]) for key in elem}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return default_collate(batch)
+
+
+def _consecutive_rows(arrays: list) -> Optional[np.ndarray]:
+    """If ``arrays`` are consecutive rows ``block[k], block[k+1], ...`` of a block that
+    ``ShmRing.take`` copied out of the ring, return ``block[k:k+n]``: the batch already
+    exists, stacking would only copy it again. Otherwise (any other array) None."""
+    block = ring_block(arrays[0])
+    if block is None or not block.flags.c_contiguous or block.shape[1:] != arrays[0].shape:
+        return None
+    row = block.strides[0]
+    start = arrays[0].__array_interface__["data"][0] - block.__array_interface__["data"][0]
+    if start % row or start // row + len(arrays) > block.shape[0]:
+        return None
+    k = start // row
+    for j, a in enumerate(arrays):
+        if a.base is not block or not a.flags.c_contiguous or a.__array_interface__["data"][0] != block.__array_interface__["data"][0] + (k + j) * row:
+            return None
+    return block[k : k + len(arrays)]
 
 
 def make_loader(dataset: RemoteIterableDataset, batch_size: int = 8, num_workers: int = 0, **kwargs: Any) -> DataLoader:

@@ -19,12 +19,25 @@ from __future__ import annotations
 import mmap
 import os
 import time
+import weakref
 from typing import Any, Optional
 
 import numpy as np
 
 HEADER = 64  # bytes per slot header (state word), keeps data 64-byte aligned
 CLOSED_OFFSET = 0  # global header: reader-closed flag
+
+# Blocks that ``take`` copied out of a slot, by id: ``collate`` may return rows of these as
+# a batch without copying (they are fresh memory nobody else holds); never a user's array.
+_BLOCKS: "weakref.WeakValueDictionary[int, np.ndarray]" = weakref.WeakValueDictionary()
+
+
+def ring_block(arr: np.ndarray) -> Optional[np.ndarray]:
+    """The block ``take`` copied ``arr`` out with, if ``arr`` is one of its rows; else None."""
+    block = arr.base
+    if block is not None and _BLOCKS.get(id(block)) is block:
+        return block
+    return None
 
 
 class ShmRing:
@@ -50,10 +63,17 @@ class ShmRing:
     # -- writer (actor) ----------------------------------------------------------------
     def put(self, batch: list[dict], timeout: float = 600.0) -> Optional[dict]:
         """Copy the top-level arrays of ``batch`` into the next slot; return a descriptor,
-        or None if they do not fit one slot (the caller then sends the batch as it is)."""
-        arrays = [(i, k, v) for i, item in enumerate(batch) for k, v in item.items()
-                  if isinstance(v, np.ndarray) and v.dtype != object]
-        need = sum(-(-v.nbytes // 64) * 64 for _, _, v in arrays)
+        or None if they do not fit one slot (the caller then sends the batch as it is).
+
+        Arrays are laid out by key: the arrays of one key that share shape and dtype (the
+        usual case: every item's ``image``) sit back to back, so ``take`` copies them out
+        with one copy and ``collate`` can hand them on as a batch without another."""
+        columns: dict[str, list] = {}
+        for i, item in enumerate(batch):
+            for key, value in item.items():
+                if isinstance(value, np.ndarray) and value.dtype != object:
+                    columns.setdefault(key, []).append((i, value))
+        need = sum(-(-sum(v.nbytes for _, v in col) // 64) * 64 for col in columns.values())
         if need > self.slot_bytes:
             return None
         slot = self._next
@@ -65,32 +85,43 @@ class ShmRing:
         base = HEADER + slot * self.stride + HEADER
         items = [dict(item) for item in batch]
         offset = 0
-        for i, key, arr in arrays:
-            view = self._buf[base + offset : base + offset + arr.nbytes]
-            view[:] = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
-            items[i][key] = ("__btr_shm__", offset, arr.dtype.str, arr.shape)
-            offset += -(-arr.nbytes // 64) * 64
+        for key, col in columns.items():
+            for i, arr in col:
+                view = self._buf[base + offset : base + offset + arr.nbytes]
+                view[:] = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+                items[i][key] = ("__btr_shm__", offset, arr.dtype.str, arr.shape)
+                offset += arr.nbytes
+            offset = -(-offset // 64) * 64
         self._states[slot][0] = 1
         self._next = (slot + 1) % self.slots
         return {"__btr_ring_slot__": slot, "items": items}
 
     # -- reader (consumer) -------------------------------------------------------------
     def take(self, descriptor: dict) -> list[dict]:
-        """Copy a slot's arrays out into fresh arrays, free the slot, return the items."""
+        """Copy a slot's arrays out into fresh memory, free the slot, return the items.
+
+        A key whose arrays lie back to back with one shape and dtype is copied out with a
+        single copy into one ``(n, *shape)`` array; the items then hold its rows (views)."""
         slot = descriptor["__btr_ring_slot__"]
         base = HEADER + slot * self.stride + HEADER
-        out = []
-        for item in descriptor["items"]:
-            restored = {}
+        out = [dict(item) for item in descriptor["items"]]
+        columns: dict[str, list] = {}
+        for i, item in enumerate(out):
             for key, value in item.items():
                 if isinstance(value, tuple) and len(value) == 4 and value[0] == "__btr_shm__":
-                    _, offset, dtype, shape = value
-                    dt = np.dtype(dtype)
-                    n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-                    restored[key] = self._buf[base + offset : base + offset + n].view(dt).reshape(shape).copy()
-                else:
-                    restored[key] = value
-            out.append(restored)
+                    columns.setdefault(key, []).append((i, value[1], np.dtype(value[2]), tuple(value[3])))
+        for key, col in columns.items():
+            _, first, dt, shape = col[0]
+            n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+            if all(d == dt and s == shape and off == first + j * n for j, (_, off, d, s) in enumerate(col)):
+                block = self._buf[base + first : base + first + n * len(col)].view(dt).reshape((len(col), *shape)).copy()
+                _BLOCKS[id(block)] = block
+                for j, (i, _, _, _) in enumerate(col):
+                    out[i][key] = block[j]
+                continue
+            for i, offset, dt_i, shape_i in col:
+                size = int(np.prod(shape_i, dtype=np.int64)) * dt_i.itemsize
+                out[i][key] = self._buf[base + offset : base + offset + size].view(dt_i).reshape(shape_i).copy()
         self._states[slot][0] = 0
         return out
 

@@ -44,3 +44,38 @@ def test_stream_through_the_ring_matches_and_survives_repeated_passes(ray_sessio
             assert np.all(batch["arr"].numpy() == batch["seq"].numpy()[:, None, None])
             seen += list(zip(batch["btid"].tolist(), batch["seq"].tolist()))
         assert len(seen) == 40 == len(set(seen))
+
+
+def test_take_copies_each_key_once_and_collate_reuses_the_block(tmp_path):
+    import torch
+
+    from blendtorch_ray.dataset import collate
+
+    path = str(tmp_path / "ring")
+    writer = ShmRing(path, slots=2, slot_bytes=1 << 20, create=True)
+    reader = ShmRing(path, slots=2, slot_bytes=1 << 20, create=False)
+    batch = [{"image": np.full((4, 5, 3), i, np.uint8), "depth": np.full((4, 5), i / 2, np.float32), "i": i}
+             for i in range(8)]
+    items = reader.take(writer.put(batch))
+    block = items[0]["image"].base
+    assert all(it["image"].base is block for it in items)  # one copy out of the slot per key
+    out = collate(items)
+    assert torch.equal(out["image"], torch.from_numpy(np.stack([b["image"] for b in batch])))
+    assert torch.equal(out["depth"], torch.from_numpy(np.stack([b["depth"] for b in batch])))
+    assert out["i"].tolist() == list(range(8))
+    assert np.shares_memory(out["image"].numpy(), block)  # the batch is the block: no second copy
+    # Rows 2..5 of the block: still the block; rows out of order, or from two blocks: stacked copies.
+    part = collate(items[2:6])
+    assert np.shares_memory(part["image"].numpy(), block) and part["i"].tolist() == [2, 3, 4, 5]
+    swapped = collate([items[1], items[0]])
+    assert not np.shares_memory(swapped["image"].numpy(), block)
+    assert swapped["image"][0, 0, 0, 0] == 1 and swapped["image"][1, 0, 0, 0] == 0
+    other = reader.take(writer.put(batch))
+    mixed = collate([items[7], other[0]])
+    assert not np.shares_memory(mixed["image"].numpy(), block)
+    assert mixed["image"][:, 0, 0, 0].tolist() == [7, 0]
+    # Rows of arrays the user built (not handed out by the ring) are never aliased.
+    mine = np.zeros((2, 3))
+    assert not np.shares_memory(collate([mine[0], mine[1]]).numpy(), mine)
+    writer.close(unlink=True)
+    reader.close()
