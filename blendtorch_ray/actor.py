@@ -60,6 +60,8 @@ class InstanceHealth:
     """Planned Blender replacements (recycle_after_items / recycle_rss_mb)."""
     lost_items: int = 0
     """Items Blender reported sent (end marker) that never arrived."""
+    niceness: Optional[int] = None
+    """Blender's scheduling niceness (inherited from Ray's worker niceness; 0 in local mode)."""
     warnings: list = field(default_factory=list)
 
 
@@ -377,6 +379,7 @@ class BlenderActor:
             rss_bytes=self.process.rss_bytes(),
             recycles=self.recycles,
             lost_items=self.lost,
+            niceness=self.process.niceness(),
             warnings=list(self.warnings),
         )
 

@@ -89,6 +89,15 @@ class BlenderProcess:
         except Exception:  # noqa: BLE001
             return 0
 
+    def niceness(self) -> Optional[int]:
+        """Scheduling niceness of the Blender process (None if gone)."""
+        if not self.alive():
+            return None
+        try:
+            return os.getpriority(os.PRIO_PROCESS, self._popen.pid)
+        except OSError:
+            return None
+
     def terminate(self, timeout: float = 3.0) -> Optional[int]:
         """SIGTERM, then SIGKILL after ``timeout`` seconds; reaps the child."""
         if self._popen.poll() is None:

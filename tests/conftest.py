@@ -21,8 +21,9 @@ def pytest_configure(config):
 def _init_local_ray():
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=8, include_dashboard=False, namespace="blendtorch-tests", log_to_driver=False)
+    from blendtorch_ray.runtime import ensure_ray
+
+    ensure_ray(num_cpus=8, namespace="blendtorch-tests", log_to_driver=False)  # as local mode does
     return ray
 
 

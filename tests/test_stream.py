@@ -157,3 +157,13 @@ def test_consumer_that_starts_late_still_gets_every_item(ray_session):
         health = bl.health()
     assert sorted((i["btid"], i["seq"]) for i in items) == [(b, s) for b in (0, 1) for s in range(30)]
     assert all(h.lost_items == 0 and not h.alive for h in health)
+
+
+def test_local_mode_blender_runs_at_the_drivers_priority(ray_session):
+    """Ray nices its workers to 15 by default; in local mode Blender must not inherit that
+    (it would lose the CPU to the trainer). health() reports the niceness it runs at."""
+    import os
+
+    with BlenderLauncher(script=str(TEST_SCRIPTS / "forever.py"), instance_args=[["--size", "8"]]) as bl:
+        health = bl.health()[0]
+        assert health.alive and health.niceness == os.getpriority(os.PRIO_PROCESS, 0) == 0
