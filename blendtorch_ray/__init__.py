@@ -16,6 +16,7 @@ from blendtorch_ray.errors import (
 )
 from blendtorch_ray.actor import InstanceHealth
 from blendtorch_ray.launcher import BlenderLauncher
+from blendtorch_ray.loader import make_loader
 
 __version__ = "0.1.0"
 
@@ -33,7 +34,7 @@ __all__ = [
     "StreamTimeout",
 ]
 
-_LAZY = {"RemoteIterableDataset": "blendtorch_ray.dataset", "make_loader": "blendtorch_ray.dataset"}
+_LAZY = {"RemoteIterableDataset": "blendtorch_ray.dataset"}
 
 
 def __getattr__(name: str):

@@ -280,10 +280,4 @@ def _consecutive_rows(arrays: list) -> Optional[np.ndarray]:
     return block[k : k + len(arrays)]
 
 
-def make_loader(dataset: RemoteIterableDataset, batch_size: int = 8, num_workers: int = 0, **kwargs: Any) -> DataLoader:
-    """A DataLoader whose workers can use Ray (forkserver start method when num_workers > 0)."""
-    kwargs.setdefault("collate_fn", collate)
-    if num_workers > 0:
-        kwargs.setdefault("multiprocessing_context", "forkserver")
-        kwargs.setdefault("persistent_workers", False)
-    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, **kwargs)
+from blendtorch_ray.loader import make_loader  # noqa: E402,F401 - re-exported here too

@@ -38,6 +38,25 @@ def check_capacity(cfg: LaunchConfig) -> None:
         )
 
 
+def _prefetch_consumer_imports() -> None:
+    """Import the consumer side (torch) in a background thread while Ray and Blender start:
+    the driver mostly waits during start-up, and torch's import takes seconds. Nothing
+    happens if torch is already imported."""
+    import sys
+    import threading
+
+    if "torch" in sys.modules:
+        return
+
+    def load() -> None:
+        try:
+            import blendtorch_ray.dataset  # noqa: F401 - imports torch
+        except Exception:  # noqa: BLE001 - the real import later reports any error
+            pass
+
+    threading.Thread(target=load, name="btr-prefetch-torch", daemon=True).start()
+
+
 def actor_name(group: str, btid: int) -> str:
     """The Ray actor name of instance ``btid`` in ``group``."""
     return f"{group}/{btid}"
@@ -78,6 +97,7 @@ class BlenderLauncher:
             return self
         cfg = self.config
         find_blender(cfg.blender)  # fail fast, in the driver, with the fix in the message
+        _prefetch_consumer_imports()
         ensure_ray(namespace=self.namespace)
         if not cfg.wait_for_resources:
             check_capacity(cfg)

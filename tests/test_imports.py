@@ -17,7 +17,8 @@ def test_actor_and_launcher_do_not_import_torch():
 
 
 def test_dataset_names_are_imported_on_first_use():
-    mods = _modules_after("from blendtorch_ray import RemoteIterableDataset, make_loader")
+    assert "torch" not in _modules_after("from blendtorch_ray import make_loader")
+    mods = _modules_after("from blendtorch_ray import RemoteIterableDataset")
     assert "torch" in mods
     out = subprocess.run([sys.executable, "-c", "import blendtorch_ray; blendtorch_ray.nope"], capture_output=True, text=True)
     assert out.returncode != 0 and "has no attribute 'nope'" in out.stderr
