@@ -33,6 +33,8 @@ class LaunchArgs:
     """The supervisor creates ``{ack_path}.{epoch}`` once it has read this epoch's end marker."""
     codec: str = "pickle"
     """Message codec for published items (see ``blender_worker.codec``)."""
+    slots: Optional[tuple[str, int, int]] = None
+    """Shared-memory slot file for large items: ``(path, slots, slot_bytes)`` (see ``blender_worker.slots``)."""
     remainder: list[str] = field(default_factory=list)
     """Instance arguments for the user's script (everything the launcher did not consume)."""
 
@@ -43,6 +45,13 @@ def _script_argv(argv: Optional[Sequence[str]]) -> list[str]:
         return sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else []
     argv = list(argv)
     return argv[argv.index("--") + 1 :] if "--" in argv else argv
+
+
+def _parse_slots(value: Optional[str]) -> Optional[tuple[str, int, int]]:
+    if not value:
+        return None
+    path, slots, slot_bytes = value.rsplit(",", 2)
+    return path, int(slots), int(slot_bytes)
 
 
 def parse_launch_args(argv: Optional[Sequence[str]] = None) -> tuple[LaunchArgs, list[str]]:
@@ -61,6 +70,7 @@ def parse_launch_args(argv: Optional[Sequence[str]] = None) -> tuple[LaunchArgs,
     parser.add_argument("-btparent", "--btparent", type=int, default=0)
     parser.add_argument("-btcodec", "--btcodec", default="pickle")
     parser.add_argument("-btack", "--btack", default=None)
+    parser.add_argument("-btslots", "--btslots", default=None, help="PATH,SLOTS,SLOT_BYTES")
     args, remainder = parser.parse_known_args(_script_argv(argv))
     launch = LaunchArgs(
         btid=args.btid,
@@ -71,6 +81,7 @@ def parse_launch_args(argv: Optional[Sequence[str]] = None) -> tuple[LaunchArgs,
         parent_pid=args.btparent,
         codec=args.btcodec,
         ack_path=args.btack,
+        slots=_parse_slots(args.btslots),
         remainder=list(remainder),
     )
     if launch.parent_pid:

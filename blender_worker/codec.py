@@ -79,6 +79,14 @@ def encode(obj: Any, *, codec: str = "pickle", kind: str = KIND_ITEM) -> list:
     raise CodecError(f"unknown codec {codec!r}; choose one of {CODECS}")
 
 
+def slot_header(header_frame: bytes, slot: int, sizes: list) -> bytes:
+    """The header of a message whose buffers were written to shared-memory ``slot``
+    (see ``blender_worker.slots``) instead of being sent as frames."""
+    header = json.loads(header_frame)
+    header["slot"] = [slot, sizes]
+    return json.dumps(header).encode()
+
+
 def decode_header(frame: Any) -> dict:
     """Parse the JSON header frame; raise CodecError when it is not one of ours."""
     try:
@@ -99,6 +107,12 @@ def decode(frames: Sequence[Any]) -> tuple[dict, Any]:
     if len(frames) < 2:
         raise CodecError(f"truncated message: {len(frames)} frame(s), need at least 2")
     header = decode_header(frames[0])
+    return header, decode_body(header, frames)
+
+
+def decode_body(header: dict, frames: Sequence[Any]) -> Any:
+    """Decode the body (``frames[1]``) and buffers (``frames[2:]``) of a message whose header
+    is already parsed; see ``decode``."""
     codec = header.get("codec")
     bufs = [memoryview(f) if not isinstance(f, memoryview) else f for f in frames[2:]]
     if codec == "pickle":
@@ -106,7 +120,7 @@ def decode(frames: Sequence[Any]) -> tuple[dict, Any]:
             obj = pickle.loads(memoryview(frames[1]), buffers=bufs)
         except Exception as exc:  # noqa: BLE001
             raise CodecError(f"cannot unpickle message body ({type(exc).__name__}: {exc})") from exc
-        return header, obj
+        return obj
     if codec == "json":
         try:
             body = json.loads(bytes(frames[1]))
@@ -126,5 +140,5 @@ def decode(frames: Sequence[Any]) -> tuple[dict, Any]:
                     f"{dtype} {shape}"
                 )
             obj[spec["key"]] = np.frombuffer(buf, dtype=dtype).reshape(shape)
-        return header, obj
+        return obj
     raise CodecError(f"unknown codec {codec!r} in message header")

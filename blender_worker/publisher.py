@@ -52,6 +52,11 @@ class DataPublisher:
         self._sock.setsockopt(zmq.LINGER, linger_ms)
         self._sock.setsockopt(zmq.IMMEDIATE, 1)
         self._sock.connect(launch.data_address)
+        self._slots = None
+        if launch.slots:
+            from blender_worker.slots import SlotFile
+
+            self._slots = SlotFile(*launch.slots)  # mapped before the hello: the actor may unlink it then
         self._closed = False
         # Readiness handshake: the actor waits for this before reporting the instance ready.
         self._sock.send_multipart(
@@ -72,6 +77,9 @@ class DataPublisher:
         item.update(btid=self.btid, seq=self.seq, seed=self.launch.seed, epoch=self.launch.epoch,
                     generation=self.generation)
         frames = codec.encode(item, codec=self._codec)
+        if self._slots is not None and self._slots.fits(frames[2:]):
+            slot, sizes = self._slots.write(frames[2:])  # waits while the actor holds the slot
+            frames = [codec.slot_header(frames[0], slot, sizes), frames[1]]
         self._sock.send_multipart(frames, copy=False)
         self.seq += 1
 

@@ -27,12 +27,13 @@ from typing import Any, Iterator, Optional
 import ray
 
 from blender_worker import codec
+from blender_worker.slots import SlotFile
 from blendtorch_ray.blender import find_blender
 from blendtorch_ray.config import LaunchConfig
 from blendtorch_ray.duplex import ControlEndpoint
 from blendtorch_ray.errors import BlenderCrashedError, BlenderStartError
 from blendtorch_ray.process import BlenderProcess
-from blendtorch_ray.transport import ItemReceiver, PrivateDir
+from blendtorch_ray.transport import ItemReceiver, PrivateDir, memory_dir
 
 log = logging.getLogger("blendtorch_ray")
 
@@ -73,6 +74,7 @@ class BlenderActor:
         self.btid = btid
         self.blender = find_blender(config.blender)
         self._dir = PrivateDir(prefix=f"btr-{btid}-")
+        self._mem_dir = PrivateDir(prefix=f"btr-{btid}-rings-", base=memory_dir())
         log_dir = config.log_dir or self._dir.path
         os.makedirs(log_dir, exist_ok=True)
         name = config.name or "blendtorch"
@@ -117,8 +119,29 @@ class BlenderActor:
             env["BLENDTORCH_GPU_IDS"] = env["CUDA_VISIBLE_DEVICES"]
         return env
 
+    def _new_slot_file(self) -> Optional[SlotFile]:
+        """A fresh shared-memory slot file for the next Blender (the old one is unlinked;
+        items still held from it keep their mapping until released)."""
+        old = self._receiver.slots
+        if old is not None:
+            old.unlink()
+        self._receiver.slots = None
+        if not self.config.shared_memory_hop:
+            return None
+        slots = SlotFile(self._mem_dir.join(f"slots-{self.epoch}-{time.monotonic_ns()}"),
+                         slots=2 * self.config.batch_size + 2,
+                         slot_bytes=int(self.config.item_slot_mb * 2**20), create=True)
+        self._receiver.slots = slots
+        return slots
+
+    def _on_ready(self) -> None:
+        self._ready = True
+        if self._receiver.slots is not None:
+            self._receiver.slots.unlink()  # Blender has mapped it: memory goes with the last mapping
+
     def _spawn(self) -> BlenderProcess:
         self._epoch_items = 0
+        slots = self._new_slot_file()
         args = [
             "--btid", str(self.btid),
             "--btseed", str(self.config.seed_for(self.btid, self.epoch)),
@@ -128,6 +151,7 @@ class BlenderActor:
             "--btparent", str(os.getpid()),
             "--btcodec", self.config.codec,
             "--btack", self._dir.join("end-ack"),
+            *(["--btslots", f"{slots.path},{slots.slots},{slots.slot_bytes}"] if slots else []),
             *self.config.args_for(self.btid),
         ]
         env = dict(os.environ)
@@ -154,7 +178,9 @@ class BlenderActor:
                 if msg is not None:
                     header, obj = msg
                     if header.get("kind") == codec.KIND_READY:
-                        self._ready = True
+                        self._on_ready()
+                    else:
+                        self._receiver.release(header)
                     continue
                 if not self.process.alive():
                     raise self._error(
@@ -223,18 +249,20 @@ class BlenderActor:
             from blendtorch_ray.shm_ring import ShmRing
 
             cfg = self.config
-            shm = ShmRing(self._dir.join(f"ring-{uuid.uuid4().hex[:8]}"), cfg.max_batches_in_flight + 2,
+            shm = ShmRing(self._mem_dir.join(f"ring-{uuid.uuid4().hex[:8]}"), cfg.max_batches_in_flight + 2,
                           int(cfg.ring_slot_mb * 2**20), create=True)
             yield {"__btr_ring__": shm.path, "slots": shm.slots, "slot_bytes": shm.slot_bytes}
+        held: list[dict] = []  # headers of received items whose arrays are still in Blender's slots
         try:
-            yield from self._stream(shm)
+            yield from self._stream(shm, held)
         except ConnectionAbortedError:  # the ring's reader went away
             return
         finally:
+            self._release(held)
             if shm is not None:
                 shm.close(unlink=True)
 
-    def _stream(self, ring: Any) -> Iterator[Any]:
+    def _stream(self, ring: Any, held: list[dict]) -> Iterator[Any]:
         cfg = self.config
         batch: list[dict] = []
         batch_started = 0.0
@@ -244,35 +272,39 @@ class BlenderActor:
             if msg is not None:
                 header, obj = msg
                 if header.get("kind") == codec.KIND_READY:
-                    self._ready = True
+                    self._on_ready()
                     continue
                 if header.get("kind") == codec.KIND_END:
                     self._on_end(obj)
                     continue
-                if header.get("kind") != codec.KIND_ITEM:
-                    continue
-                if not isinstance(obj, dict):
-                    self.dropped += 1
-                    self._warn(f"dropped an item of type {type(obj).__name__}; publish(**items) sends dicts")
+                if header.get("kind") != codec.KIND_ITEM or not isinstance(obj, dict):
+                    self._receiver.release(header)
+                    if header.get("kind") == codec.KIND_ITEM:
+                        self.dropped += 1
+                        self._warn(f"dropped an item of type {type(obj).__name__}; publish(**items) sends dicts")
                     continue
                 if not batch:
                     batch_started = time.monotonic()
                 batch.append(obj)
+                held.append(header)
                 self._count()
                 self._partial = len(batch)
                 if len(batch) >= cfg.batch_size:
                     yield self._hand_over(batch, ring)
+                    self._release(held)
                     batch = []
                 if self._should_recycle():
-                    batch += self._recycle()
+                    batch += self._recycle(held)
                 continue
             if batch and time.monotonic() - batch_started > cfg.max_batch_delay:
                 yield self._hand_over(batch, ring)
+                self._release(held)
                 batch = []
             if not self.process.alive():
-                batch += self._drain()
+                batch += self._drain(held)
                 if batch:
                     yield self._hand_over(batch, ring)
+                    self._release(held)
                     batch = []
                 if self.process.poll() == 0:
                     self._finished = True
@@ -280,12 +312,21 @@ class BlenderActor:
                 self._restart()
         if batch:
             yield self._hand_over(batch, ring)
+            self._release(held)
 
-    def _drain(self, timeout: float = 30.0) -> list[dict]:
+    def _release(self, held: list[dict]) -> None:
+        """Give Blender back the slots of items that have left (Ray serialised each yielded
+        batch before the generator resumes, or the ring copied it)."""
+        for header in held:
+            self._receiver.release(header)
+        held.clear()
+
+    def _drain(self, held: list[dict], timeout: float = 30.0) -> list[dict]:
         """Collect what an ending Blender flushes before it exits.
 
         Reads until the publisher's end marker arrives, or until the process is gone and
-        the socket stayed quiet for 0.5 s (a crashed Blender sends no end marker).
+        the socket stayed quiet for 0.5 s (a crashed Blender sends no end marker). Headers
+        of the items returned are added to ``held``.
         """
         items: list[dict] = []
         quiet_polls = 0
@@ -305,7 +346,10 @@ class BlenderActor:
                     break
                 if header.get("kind") == codec.KIND_ITEM and isinstance(obj, dict):
                     items.append(obj)
+                    held.append(header)
                     self._count()
+                else:
+                    self._receiver.release(header)
         return items
 
     def _on_end(self, obj: dict) -> None:
@@ -326,13 +370,13 @@ class BlenderActor:
             return self.process.rss_bytes() > cfg.recycle_rss_mb * 2**20
         return False
 
-    def _recycle(self) -> list[dict]:
+    def _recycle(self, held: list[dict]) -> list[dict]:
         """Replace Blender between items: ask it to exit (SIGTERM makes blender_worker flush
         and send its end marker), keep every item it flushed, start the next epoch."""
         rss = self.process.rss_bytes()
         log.info("Blender instance %d: recycling after %d items (RSS %.0f MiB)", self.btid, self._epoch_items, rss / 2**20)
         self.process.signal(signal.SIGTERM)
-        items = self._drain()
+        items = self._drain(held)
         self.process.terminate(timeout=5.0)
         self.recycles += 1
         self._next_epoch()
@@ -424,6 +468,7 @@ class BlenderActor:
         self._receiver.close()
         self._control.close()
         self._dir.cleanup()
+        self._mem_dir.cleanup()
 
     def __del__(self) -> None:  # best effort: the lifeline in Blender is the guarantee
         try:

@@ -59,6 +59,13 @@ class LaunchConfig:
     on other nodes always use the object store. False: object store for everyone."""
     ring_slot_mb: float = 32.0
     """Size of one ring slot; a batch whose arrays do not fit goes through the object store."""
+    shared_memory_hop: bool = True
+    """Blender -> actor: the arrays of items of 64 KiB and more go through shared-memory slots
+    (one copy in Blender) and only a small message through ZeroMQ (see
+    blender_worker/slots.py). False: everything through the ZeroMQ socket."""
+    item_slot_mb: float = 16.0
+    """Largest item (its arrays' bytes) that goes through a shared-memory slot; larger ones go
+    through the socket. Slots take memory only as far as they are written to."""
     max_message_mb: float = 1024.0
     """Messages larger than this are refused by the actor's socket (the sender is dropped)."""
     codec: str = "pickle"

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 import numpy as np
 import ray
 import torch
-from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
+from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
 from blendtorch_ray.errors import BlendtorchError, StreamTimeout
 from blendtorch_ray.launcher import actor_name
@@ -159,6 +159,9 @@ class RemoteIterableDataset(IterableDataset):
                     batch = ray.get(ref)  # raises the instance's error (e.g. BlenderCrashedError)
                     if is_ring_header(batch):
                         rings[gen] = ShmRing(batch["__btr_ring__"], batch["slots"], batch["slot_bytes"], create=False)
+                        # Both sides have it mapped now: unlinking means its memory is freed with
+                        # the last mapping, even if the actor is killed before it cleans up.
+                        rings[gen].unlink()
                         continue
                     if is_ring_batch(batch):
                         batch = rings[gen].take(batch)

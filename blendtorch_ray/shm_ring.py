@@ -125,6 +125,13 @@ class ShmRing:
         self._states[slot][0] = 0
         return out
 
+    def unlink(self) -> None:
+        """Remove the ring's file; the mappings stay valid until closed."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
     def close_reader(self) -> None:
         """Tell the writer that nobody reads any more (it stops waiting for slots)."""
         self._closed_flag[0] = 1
@@ -138,10 +145,7 @@ class ShmRing:
         except BufferError:
             pass
         if unlink:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+            self.unlink()
 
 
 def is_ring_header(obj: Any) -> bool:

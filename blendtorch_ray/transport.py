@@ -10,13 +10,24 @@ from typing import Any, Optional
 import zmq
 
 from blender_worker import codec
+from blender_worker.slots import SlotFile
+
+
+def memory_dir() -> Optional[str]:
+    """/dev/shm when this machine has it (memory-backed), else None (the temp directory).
+
+    Shared-memory rings live there: a file mapped from a disk-backed /tmp gets its dirty
+    pages written back to disk by the kernel, which costs I/O and CPU for nothing."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
 class PrivateDir:
-    """A 0700 temporary directory for ipc sockets and logs, removed on ``cleanup``."""
+    """A 0700 temporary directory for ipc sockets and logs, removed on ``cleanup``.
 
-    def __init__(self, prefix: str = "btr-") -> None:
-        self.path = tempfile.mkdtemp(prefix=prefix)  # mkdtemp creates it 0700
+    ``base``: where to create it (default: the system temp directory)."""
+
+    def __init__(self, prefix: str = "btr-", base: Optional[str] = None) -> None:
+        self.path = tempfile.mkdtemp(prefix=prefix, dir=base)  # mkdtemp creates it 0700
         os.chmod(self.path, 0o700)
 
     def join(self, name: str) -> str:
@@ -58,6 +69,8 @@ class ItemReceiver:
             raise ValueError(f"unknown transport {transport!r}: use 'ipc' or 'tcp'")
         self._poller = zmq.Poller()
         self._poller.register(self.sock, zmq.POLLIN)
+        self.slots: Optional[SlotFile] = None
+        """The shared-memory slot file of the Blender process publishing now (if any)."""
 
     def recv(self, timeout_ms: int) -> Optional[tuple[dict, Any]]:
         try:  # fast path: a message is already queued, no poll system call
@@ -66,7 +79,32 @@ class ItemReceiver:
             if not timeout_ms or not self._poller.poll(timeout_ms):
                 return None
             frames = self.sock.recv_multipart(copy=False)
-        return codec.decode([f.buffer for f in frames])
+        bufs = [f.buffer for f in frames]
+        if len(bufs) < 2:
+            raise codec.CodecError(f"truncated message: {len(bufs)} frame(s), need at least 2")
+        header = codec.decode_header(bufs[0])
+        if "slot" not in header:
+            return header, codec.decode_body(header, bufs)
+        # The arrays are in a shared-memory slot: decode them in place. The caller must
+        # release(header) once nothing uses them any more (after the batch has left).
+        slot, sizes = (header["slot"] + [None, None])[:2] if isinstance(header["slot"], list) else (None, None)
+        views = self.slots.views(slot, sizes) if self.slots is not None and isinstance(sizes, list) else None
+        if views is None or len(bufs) != 2:
+            raise codec.CodecError(f"message names shared-memory slot {header['slot']!r}, which is not a full slot of this instance")
+        header["slot_file"] = self.slots
+        try:
+            return header, codec.decode_body(header, bufs + views)
+        except codec.CodecError:
+            self.release(header)
+            raise
+
+    @staticmethod
+    def release(header: dict) -> None:
+        """Give the shared-memory slot of a received message back to Blender (no-op for
+        messages that came inline)."""
+        slot_file = header.pop("slot_file", None)
+        if slot_file is not None:
+            slot_file.release(header["slot"][0])
 
     def close(self) -> None:
         self.sock.close(0)

@@ -104,9 +104,13 @@ def pid_alive(pid: int) -> bool:
 
 def loss_bound(batch_size: int, in_flight: int, item_bytes: int) -> int:
     """Documented bound on items lost when an instance dies with items in flight (README)."""
-    zmq_queues = 4 + 4  # send and receive high-water marks
-    kernel = -(-2 * 212_992 // item_bytes)  # default unix socket buffers, both ends
-    return batch_size * (in_flight + 1) + zmq_queues + kernel
+    if item_bytes >= 64 * 1024:  # arrays in shared-memory slots: each item in transit holds one
+        in_transit = 2 * batch_size + 2
+    else:
+        zmq_queues = 4 + 4  # send and receive high-water marks
+        kernel = -(-2 * 212_992 // item_bytes)  # default unix socket buffers, both ends
+        in_transit = zmq_queues + kernel
+    return batch_size * (in_flight + 1) + in_transit
 
 
 def wait_until(cond, timeout: float = 20.0, interval: float = 0.2) -> bool:

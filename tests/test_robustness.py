@@ -82,14 +82,16 @@ def test_malformed_truncated_and_oversized_messages_are_dropped(ray_session):
         intruder.send_multipart([b"not json", b"x"])  # malformed header
         intruder.send_multipart([b'{"v": 1, "codec": "pickle", "kind": "item"}', b"\x80\x05junk"])
         intruder.send_multipart([b'{"v": 1, "codec": "json", "kind": "item"}', b"x" * (2 << 20)])  # oversized
+        intruder.send_multipart([b'{"v": 1, "codec": "pickle", "kind": "item", "slot": [3, [65536]]}', b"x"])  # no such full slot
         intruder.close()
         more = [next(it) for _ in range(60)]
         health = bl.health()[0]
     assert all(i["btid"] == 0 for i in first + more)
     seqs = [i["seq"] for i in first + more]
     assert seqs == list(range(len(seqs)))  # the real stream went on without a gap
-    assert health.dropped_messages >= 3
+    assert health.dropped_messages >= 4
     assert any("malformed" in w or "truncated" in w or "unpickle" in w for w in health.warnings)
+    assert any("not a full slot" in w for w in health.warnings)
 
 
 def test_slow_consumer_makes_blender_wait(ray_session):

@@ -1,0 +1,108 @@
+"""Shared-memory slots for the Blender -> actor hop (both always run on the same node).
+
+Large arrays do not travel through the ZeroMQ socket: Blender copies an item's array
+buffers into a free slot of a file in /dev/shm that it and its actor both map, and sends
+only the small message (header naming the slot, pickle body) over ZeroMQ. The actor decodes
+the arrays in place and frees the slot once the batch has left (copied into the consumer's
+ring or the object store). A ZeroMQ ipc transfer copies every byte twice through the kernel
+in socket-buffer-sized chunks; the slot costs one ``memcpy`` in Blender.
+
+Slot states live in the file (a 64-byte header per slot): 0 free, 1 full. Blender takes the
+slots in turn and waits while the next one is still full, which bounds memory and slows
+Blender down when the consumer is slow (as the socket's high-water mark does for items sent
+inline). The actor creates the file; once Blender has mapped it, the actor unlinks it, so its
+memory goes away with the last of the two processes even if they are killed.
+
+This module imports nothing but the standard library and numpy: it runs inside Blender.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+
+HEADER = 64
+ALIGN = 64
+INLINE_BELOW = 64 * 1024
+"""Items whose array buffers total less than this go inline through ZeroMQ."""
+
+
+def _aligned(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+class SlotFile:
+    """``slots`` slots of ``slot_bytes`` each in a memory-mapped file."""
+
+    def __init__(self, path: str, slots: int, slot_bytes: int, create: bool = False) -> None:
+        if slots < 1 or slot_bytes < ALIGN:
+            raise ValueError(f"need at least 1 slot of {ALIGN} bytes, got {slots} x {slot_bytes}")
+        self.path, self.slots, self.slot_bytes = path, slots, slot_bytes
+        self.stride = HEADER + slot_bytes
+        size = slots * self.stride
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0), 0o600)
+        try:
+            if create:
+                os.ftruncate(fd, size)  # sparse: only pages written to take memory
+            elif os.fstat(fd).st_size < size:
+                raise ValueError(f"slot file {path} is smaller than {slots} x {slot_bytes} bytes")
+            self._mm = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self._buf = np.frombuffer(self._mm, dtype=np.uint8)
+        self._states = [self._buf[i * self.stride : i * self.stride + 8].view(np.uint64) for i in range(slots)]
+        self._next = 0
+
+    # -- Blender (writer) ------------------------------------------------------------
+    def fits(self, buffers: Sequence) -> bool:
+        total = sum(_aligned(memoryview(b).nbytes) for b in buffers)
+        return INLINE_BELOW <= total <= self.slot_bytes
+
+    def write(self, buffers: Sequence) -> tuple[int, list[int]]:
+        """Wait for the next slot to be free, copy ``buffers`` into it, mark it full.
+        Returns ``(slot, sizes)`` for the message header."""
+        slot = self._next
+        state = self._states[slot]
+        pause = 0.0001
+        while state[0] != 0:  # the actor still holds it: wait (backpressure)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.005)
+        base = slot * self.stride + HEADER
+        sizes = []
+        offset = 0
+        for b in buffers:
+            src = np.frombuffer(memoryview(b).cast("B"), dtype=np.uint8)
+            self._buf[base + offset : base + offset + src.nbytes] = src
+            sizes.append(src.nbytes)
+            offset += _aligned(src.nbytes)
+        state[0] = 1
+        self._next = (slot + 1) % self.slots
+        return slot, sizes
+
+    # -- actor (reader) --------------------------------------------------------------
+    def views(self, slot: int, sizes: Sequence[int]) -> Optional[list[memoryview]]:
+        """The buffers of a full slot (no copy), or None if ``slot``/``sizes`` do not describe one."""
+        if not isinstance(slot, int) or not 0 <= slot < self.slots or self._states[slot][0] != 1:
+            return None
+        if any(not isinstance(n, int) or n < 0 for n in sizes) or sum(_aligned(n) for n in sizes) > self.slot_bytes:
+            return None
+        base = slot * self.stride + HEADER
+        out, offset = [], 0
+        for n in sizes:
+            out.append(memoryview(self._buf[base + offset : base + offset + n]))
+            offset += _aligned(n)
+        return out
+
+    def release(self, slot: int) -> None:
+        """Give a slot back to Blender (its arrays must not be used any more)."""
+        self._states[slot][0] = 0
+
+    def unlink(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
