@@ -10,6 +10,7 @@ come from one multilayer OpenEXR of the same render: ``render(passes=("rgba", "d
 
 from __future__ import annotations
 
+import atexit
 import os
 import tempfile
 from dataclasses import dataclass
@@ -158,8 +159,11 @@ class Renderer:
     ):
         self.scene = scene or bpy.context.scene
         self.settings = settings or RenderSettings()
-        base = tmpdir or ("/dev/shm" if os.path.isdir("/dev/shm") else None)
+        # The supervising actor names a directory it removes (also after a SIGKILL of this
+        # process); otherwise /dev/shm, removed at exit.
+        base = tmpdir or os.environ.get("BLENDTORCH_TMPDIR") or ("/dev/shm" if os.path.isdir("/dev/shm") else None)
         self._dir = tempfile.mkdtemp(prefix="btr-render-", dir=base)
+        atexit.register(self.close)
         self._configure()
 
     def _configure(self) -> None:

@@ -7,11 +7,12 @@ the arrays in place and frees the slot once the batch has left (copied into the 
 ring or the object store). A ZeroMQ ipc transfer copies every byte twice through the kernel
 in socket-buffer-sized chunks; the slot costs one ``memcpy`` in Blender.
 
-Slot states live in the file (a 64-byte header per slot): 0 free, 1 full. Blender takes the
-slots in turn and waits while the next one is still full, which bounds memory and slows
-Blender down when the consumer is slow (as the socket's high-water mark does for items sent
-inline). The actor creates the file; once Blender has mapped it, the actor unlinks it, so its
-memory goes away with the last of the two processes even if they are killed.
+Slot states live in the file (a 64-byte header per slot): 0 free, 1 full. Blender takes
+free slots in turn and waits while all are full, which bounds memory and slows Blender down
+when the consumer is slow (as the socket's high-water mark does for items sent inline).
+The actor creates one file per Blender process it starts. A consumer on the same node copies
+the arrays straight out of the slot and frees it (the actor then never touches the data);
+otherwise the actor frees it once Ray has serialised the batch.
 
 This module imports nothing but the standard library and numpy: it runs inside Blender.
 """
@@ -63,15 +64,10 @@ class SlotFile:
         return INLINE_BELOW <= total <= self.slot_bytes
 
     def write(self, buffers: Sequence) -> tuple[int, list[int]]:
-        """Wait for the next slot to be free, copy ``buffers`` into it, mark it full.
-        Returns ``(slot, sizes)`` for the message header."""
-        slot = self._next
-        state = self._states[slot]
-        pause = 0.0001
-        while state[0] != 0:  # the actor still holds it: wait (backpressure)
-            time.sleep(pause)
-            pause = min(pause * 2, 0.005)
-        base = slot * self.stride + HEADER
+        """Wait for a free slot (the next in turn if free), copy ``buffers`` into it, mark
+        it full. Returns ``(slot, sizes)`` for the message header."""
+        slot = self._free_slot()
+        base = self.data_start(slot)
         sizes = []
         offset = 0
         for b in buffers:
@@ -79,9 +75,19 @@ class SlotFile:
             self._buf[base + offset : base + offset + src.nbytes] = src
             sizes.append(src.nbytes)
             offset += _aligned(src.nbytes)
-        state[0] = 1
+        self._states[slot][0] = 1
         self._next = (slot + 1) % self.slots
         return slot, sizes
+
+    def _free_slot(self) -> int:
+        pause = 0.0001
+        while True:
+            for k in range(self.slots):
+                slot = (self._next + k) % self.slots
+                if self._states[slot][0] == 0:
+                    return slot
+            time.sleep(pause)  # every slot is held (by the actor or a consumer): backpressure
+            pause = min(pause * 2, 0.005)
 
     # -- actor (reader) --------------------------------------------------------------
     def views(self, slot: int, sizes: Sequence[int]) -> Optional[list[memoryview]]:
@@ -96,6 +102,23 @@ class SlotFile:
             out.append(memoryview(self._buf[base + offset : base + offset + n]))
             offset += _aligned(n)
         return out
+
+    @property
+    def buffer(self) -> np.ndarray:
+        return self._buf
+
+    def data_start(self, slot: int) -> int:
+        """Byte offset of ``slot``'s data in the file."""
+        return slot * self.stride + HEADER
+
+    def offset_in(self, slot: int, arr: np.ndarray) -> Optional[int]:
+        """Offset of C-contiguous ``arr`` within ``slot``'s data if it lies there, else None."""
+        if not arr.flags.c_contiguous:
+            return None
+        start = arr.__array_interface__["data"][0] - self._buf.__array_interface__["data"][0] - self.data_start(slot)
+        if 0 <= start and start + arr.nbytes <= self.slot_bytes:
+            return start
+        return None
 
     def release(self, slot: int) -> None:
         """Give a slot back to Blender (its arrays must not be used any more)."""

@@ -33,7 +33,7 @@ from blendtorch_ray.config import LaunchConfig
 from blendtorch_ray.duplex import ControlEndpoint
 from blendtorch_ray.errors import BlenderCrashedError, BlenderStartError
 from blendtorch_ray.process import BlenderProcess
-from blendtorch_ray.transport import ItemReceiver, PrivateDir, memory_dir
+from blendtorch_ray.transport import ItemReceiver, PrivateDir, memory_dir, sweep_stale_memory_dirs
 
 log = logging.getLogger("blendtorch_ray")
 
@@ -66,6 +66,23 @@ class InstanceHealth:
     warnings: list = field(default_factory=list)
 
 
+@dataclass
+class Forwarded:
+    """Blender slots one stream handed to its ring's reader, in order; the reader frees them
+    in the same order and counts them (``ShmRing.taken``)."""
+
+    entries: list = field(default_factory=list)
+    """(slot file, slot) not yet known to be taken."""
+    done: int = 0
+
+    def pending(self, taken: int) -> list:
+        """The entries the reader has not taken yet, given its count ``taken``."""
+        if taken > self.done:
+            del self.entries[: taken - self.done]
+            self.done = taken
+        return self.entries
+
+
 class BlenderActor:
     """Supervise one Blender subprocess and relay what it publishes (a Ray actor)."""
 
@@ -74,7 +91,9 @@ class BlenderActor:
         self.btid = btid
         self.blender = find_blender(config.blender)
         self._dir = PrivateDir(prefix=f"btr-{btid}-")
-        self._mem_dir = PrivateDir(prefix=f"btr-{btid}-rings-", base=memory_dir())
+        sweep_stale_memory_dirs()
+        self._mem_dir = PrivateDir(prefix=f"btr-rings-{os.getpid()}-", base=memory_dir())
+        self._retired: list[SlotFile] = []
         log_dir = config.log_dir or self._dir.path
         os.makedirs(log_dir, exist_ok=True)
         name = config.name or "blendtorch"
@@ -120,24 +139,31 @@ class BlenderActor:
         return env
 
     def _new_slot_file(self) -> Optional[SlotFile]:
-        """A fresh shared-memory slot file for the next Blender (the old one is unlinked;
-        items still held from it keep their mapping until released)."""
+        """A fresh shared-memory slot file for the next Blender. The old one is retired:
+        unlinked once no consumer can still need to map it (see ``_unlink_retired``); items
+        held from it keep their mapping until released."""
         old = self._receiver.slots
         if old is not None:
-            old.unlink()
+            self._retired.append(old)
         self._receiver.slots = None
         if not self.config.shared_memory_hop:
             return None
         slots = SlotFile(self._mem_dir.join(f"slots-{self.epoch}-{time.monotonic_ns()}"),
-                         slots=2 * self.config.batch_size + 2,
+                         slots=self.config.batch_size * (self.config.max_batches_in_flight + 2) + 2,
                          slot_bytes=int(self.config.item_slot_mb * 2**20), create=True)
         self._receiver.slots = slots
         return slots
 
     def _on_ready(self) -> None:
         self._ready = True
-        if self._receiver.slots is not None:
-            self._receiver.slots.unlink()  # Blender has mapped it: memory goes with the last mapping
+
+    def _unlink_retired(self, pending: list) -> None:
+        """Unlink retired slot files that no forwarded, untaken item (``pending``) points into."""
+        keep = [f for f in self._retired if any(src is f for src, _ in pending)]
+        for f in self._retired:
+            if f not in keep:
+                f.unlink()
+        self._retired = keep
 
     def _spawn(self) -> BlenderProcess:
         self._epoch_items = 0
@@ -156,6 +182,7 @@ class BlenderActor:
         ]
         env = dict(os.environ)
         env.update(self._gpu_env)
+        env["BLENDTORCH_TMPDIR"] = self._mem_dir.path  # render scratch files: removed with this actor
         return BlenderProcess(self.blender, self.config.script, self.config.scene, args, self.log_path, env)
 
     def _error(self, cls: type, message: str) -> Exception:
@@ -253,16 +280,22 @@ class BlenderActor:
                           int(cfg.ring_slot_mb * 2**20), create=True)
             yield {"__btr_ring__": shm.path, "slots": shm.slots, "slot_bytes": shm.slot_bytes}
         held: list[dict] = []  # headers of received items whose arrays are still in Blender's slots
+        forwarded = Forwarded()
         try:
-            yield from self._stream(shm, held)
+            yield from self._stream(shm, held, forwarded)
         except ConnectionAbortedError:  # the ring's reader went away
             return
         finally:
             self._release(held)
             if shm is not None:
+                # Slots forwarded but never taken (the reader stopped, or this stream ended
+                # first) go back to Blender. The reader frees in order, so these are the tail.
+                for slot_file, slot in forwarded.pending(shm.taken()):
+                    slot_file.release(slot)
+                self._unlink_retired([])
                 shm.close(unlink=True)
 
-    def _stream(self, ring: Any, held: list[dict]) -> Iterator[Any]:
+    def _stream(self, ring: Any, held: list[dict], forwarded: "Forwarded") -> Iterator[Any]:
         cfg = self.config
         batch: list[dict] = []
         batch_started = 0.0
@@ -290,20 +323,20 @@ class BlenderActor:
                 self._count()
                 self._partial = len(batch)
                 if len(batch) >= cfg.batch_size:
-                    yield self._hand_over(batch, ring)
+                    yield self._hand_over(batch, ring, held, forwarded)
                     self._release(held)
                     batch = []
                 if self._should_recycle():
                     batch += self._recycle(held)
                 continue
             if batch and time.monotonic() - batch_started > cfg.max_batch_delay:
-                yield self._hand_over(batch, ring)
+                yield self._hand_over(batch, ring, held, forwarded)
                 self._release(held)
                 batch = []
             if not self.process.alive():
                 batch += self._drain(held)
                 if batch:
-                    yield self._hand_over(batch, ring)
+                    yield self._hand_over(batch, ring, held, forwarded)
                     self._release(held)
                     batch = []
                 if self.process.poll() == 0:
@@ -311,7 +344,7 @@ class BlenderActor:
                     return
                 self._restart()
         if batch:
-            yield self._hand_over(batch, ring)
+            yield self._hand_over(batch, ring, held, forwarded)
             self._release(held)
 
     def _release(self, held: list[dict]) -> None:
@@ -390,14 +423,30 @@ class BlenderActor:
         self.items += 1
         self._epoch_items += 1
 
-    def _hand_over(self, batch: list[dict], ring: Any = None) -> Any:
+    def _hand_over(self, batch: list[dict], ring: Any, held: list[dict], forwarded: "Forwarded") -> Any:
+        """What to yield for ``batch``: a ring descriptor (consumer on this node) or the batch.
+
+        Through the ring, items whose arrays lie in the current Blender's slots are not
+        copied: the consumer reads them there and frees the slots (ownership moves from
+        ``held`` to ``forwarded``)."""
         self.batches += 1
         self._partial = 0
-        if ring is not None:
-            desc = ring.put(batch)
-            if desc is not None:
-                return desc
-        return batch
+        if ring is None:
+            return batch
+        current = self._receiver.slots
+        sources = None
+        if current is not None and len(held) == len(batch):
+            sources = [h["slot"][0] if h.get("slot_file") is current else None for h in held]
+        desc = ring.put(batch, sources=sources, slot_file=current)
+        if desc is None:
+            return batch
+        if sources is not None:
+            for header, slot in zip(held, sources):
+                if slot is not None:
+                    header.pop("slot_file")  # the consumer frees it now
+                    forwarded.entries.append((current, slot))
+        self._unlink_retired(forwarded.pending(ring.taken()))
+        return desc
 
     # -- control ---------------------------------------------------------------
     @ray.method(concurrency_group="control")
@@ -433,6 +482,7 @@ class BlenderActor:
         return {
             "data": self._receiver.address,
             "dir": self._dir.path,
+            "memory_dir": self._mem_dir.path,
             "node_id": ray.get_runtime_context().get_node_id(),
             "actor_pid": os.getpid(),
             "blender_pid": self.process.pid,

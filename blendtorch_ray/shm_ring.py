@@ -26,6 +26,7 @@ import numpy as np
 
 HEADER = 64  # bytes per slot header (state word), keeps data 64-byte aligned
 CLOSED_OFFSET = 0  # global header: reader-closed flag
+TAKEN_OFFSET = 8  # global header: Blender slots the reader has freed
 
 # Blocks that ``take`` copied out of a slot, by id: ``collate`` may return rows of these as
 # a batch without copying (they are fresh memory nobody else holds); never a user's array.
@@ -57,21 +58,39 @@ class ShmRing:
             os.close(fd)
         self._buf = np.frombuffer(self.mm, dtype=np.uint8)
         self._closed_flag = self._buf[CLOSED_OFFSET:8].view(np.uint64)
+        self._taken = self._buf[TAKEN_OFFSET : TAKEN_OFFSET + 8].view(np.uint64)
+        self._source: Any = None
         self._states = [self._buf[HEADER + i * self.stride : HEADER + i * self.stride + 8].view(np.uint64) for i in range(slots)]
         self._next = 0
 
     # -- writer (actor) ----------------------------------------------------------------
-    def put(self, batch: list[dict], timeout: float = 600.0) -> Optional[dict]:
-        """Copy the top-level arrays of ``batch`` into the next slot; return a descriptor,
-        or None if they do not fit one slot (the caller then sends the batch as it is).
+    def put(self, batch: list[dict], timeout: float = 600.0, sources: Optional[list] = None,
+            slot_file: Any = None) -> Optional[dict]:
+        """Describe ``batch`` in the next ring slot; return the descriptor, or None if its
+        arrays do not fit one slot (the caller then sends the batch as it is).
 
-        Arrays are laid out by key: the arrays of one key that share shape and dtype (the
-        usual case: every item's ``image``) sit back to back, so ``take`` copies them out
-        with one copy and ``collate`` can hand them on as a batch without another."""
+        Top-level arrays are copied into the slot, laid out by key: the arrays of one key
+        that share shape and dtype (the usual case: every item's ``image``) sit back to back,
+        so ``take`` copies them out with one copy and ``collate`` can hand them on as a batch
+        without another. Items whose arrays still lie in Blender's shared-memory slot
+        (``sources[i]`` is their slot in ``slot_file``) are not copied at all: the descriptor
+        points the consumer there, and the consumer frees that slot after copying."""
+        forwarded: dict[tuple[int, str], tuple] = {}
+        release: list[int] = []
+        if slot_file is not None and sources is not None:
+            for i, (item, slot) in enumerate(zip(batch, sources)):
+                if slot is None:
+                    continue
+                release.append(slot)
+                for key, value in item.items():
+                    if isinstance(value, np.ndarray) and value.dtype != object:
+                        offset = slot_file.offset_in(slot, value)
+                        if offset is not None:
+                            forwarded[(i, key)] = ("__btr_fwd__", slot, offset, value.dtype.str, value.shape)
         columns: dict[str, list] = {}
         for i, item in enumerate(batch):
             for key, value in item.items():
-                if isinstance(value, np.ndarray) and value.dtype != object:
+                if isinstance(value, np.ndarray) and value.dtype != object and (i, key) not in forwarded:
                     columns.setdefault(key, []).append((i, value))
         need = sum(-(-sum(v.nbytes for _, v in col) // 64) * 64 for col in columns.values())
         if need > self.slot_bytes:
@@ -84,6 +103,8 @@ class ShmRing:
             time.sleep(0.0005)
         base = HEADER + slot * self.stride + HEADER
         items = [dict(item) for item in batch]
+        for (i, key), marker in forwarded.items():
+            items[i][key] = marker
         offset = 0
         for key, col in columns.items():
             for i, arr in col:
@@ -94,36 +115,72 @@ class ShmRing:
             offset = -(-offset // 64) * 64
         self._states[slot][0] = 1
         self._next = (slot + 1) % self.slots
-        return {"__btr_ring_slot__": slot, "items": items}
+        desc: dict = {"__btr_ring_slot__": slot, "items": items}
+        if release:
+            desc["slot_file"] = [slot_file.path, slot_file.slots, slot_file.slot_bytes]
+            desc["release"] = release
+        return desc
+
+    def taken(self) -> int:
+        """How many Blender slots the reader has freed so far (see ``put``)."""
+        return int(self._taken[0])
 
     # -- reader (consumer) -------------------------------------------------------------
     def take(self, descriptor: dict) -> list[dict]:
-        """Copy a slot's arrays out into fresh memory, free the slot, return the items.
+        """Copy a slot's arrays out into fresh memory, free the slot (and the Blender slots
+        it points to), return the items.
 
-        A key whose arrays lie back to back with one shape and dtype is copied out with a
-        single copy into one ``(n, *shape)`` array; the items then hold its rows (views)."""
+        A key whose arrays all have one shape and dtype is copied out into one ``(n, *shape)``
+        block; the items then hold its rows (views)."""
         slot = descriptor["__btr_ring_slot__"]
         base = HEADER + slot * self.stride + HEADER
+        source = self._slot_source(descriptor.get("slot_file"))
         out = [dict(item) for item in descriptor["items"]]
         columns: dict[str, list] = {}
         for i, item in enumerate(out):
             for key, value in item.items():
-                if isinstance(value, tuple) and len(value) == 4 and value[0] == "__btr_shm__":
-                    columns.setdefault(key, []).append((i, value[1], np.dtype(value[2]), tuple(value[3])))
+                if isinstance(value, tuple) and len(value) in (4, 5) and value[0] in ("__btr_shm__", "__btr_fwd__"):
+                    if value[0] == "__btr_shm__":
+                        _, offset, dtype, shape = value
+                        start = base + offset
+                        buf = self._buf
+                    else:
+                        _, src_slot, offset, dtype, shape = value
+                        start = source.data_start(src_slot) + offset
+                        buf = source.buffer
+                    columns.setdefault(key, []).append((i, buf, start, np.dtype(dtype), tuple(shape)))
         for key, col in columns.items():
-            _, first, dt, shape = col[0]
+            _, _, _, dt, shape = col[0]
             n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-            if all(d == dt and s == shape and off == first + j * n for j, (_, off, d, s) in enumerate(col)):
-                block = self._buf[base + first : base + first + n * len(col)].view(dt).reshape((len(col), *shape)).copy()
-                _BLOCKS[id(block)] = block
-                for j, (i, _, _, _) in enumerate(col):
+            if n > 0 and all(d == dt and s == shape for _, _, _, d, s in col):
+                block = np.empty((len(col), *shape), dt)
+                flat = block.reshape(len(col), -1).view(np.uint8)
+                for j, (i, buf, start, _, _) in enumerate(col):
+                    flat[j] = buf[start : start + n]
                     out[i][key] = block[j]
+                _BLOCKS[id(block)] = block
                 continue
-            for i, offset, dt_i, shape_i in col:
+            for i, buf, start, dt_i, shape_i in col:
                 size = int(np.prod(shape_i, dtype=np.int64)) * dt_i.itemsize
-                out[i][key] = self._buf[base + offset : base + offset + size].view(dt_i).reshape(shape_i).copy()
+                out[i][key] = buf[start : start + size].view(dt_i).reshape(shape_i).copy()
+        released = descriptor.get("release") or []
+        for s in released:
+            source.release(s)
+        self._taken[0] += len(released)
         self._states[slot][0] = 0
         return out
+
+    def _slot_source(self, spec: Optional[list]) -> Any:
+        """Map (once) the Blender slot file a descriptor points into; drop older ones (an
+        instance's items refer to a newer file only after every item of the older one)."""
+        if not spec:
+            return None
+        path = spec[0]
+        if self._source is None or self._source.path != path:
+            from blender_worker.slots import SlotFile
+
+            self._source = SlotFile(path, spec[1], spec[2])
+        return self._source
 
     def unlink(self) -> None:
         """Remove the ring's file; the mappings stay valid until closed."""
@@ -139,6 +196,8 @@ class ShmRing:
     def close(self, unlink: bool = False) -> None:
         self._states = []
         self._closed_flag = None
+        self._taken = None
+        self._source = None
         self._buf = None
         try:
             self.mm.close()

@@ -21,6 +21,27 @@ def memory_dir() -> Optional[str]:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
+def sweep_stale_memory_dirs() -> None:
+    """Remove ring directories on /dev/shm left by actors that were killed (named
+    ``btr-rings-<pid>-*``; removed when that pid is gone). Their files would otherwise keep
+    memory until reboot."""
+    import glob
+
+    base = memory_dir()
+    if base is None:
+        return
+    for path in glob.glob(os.path.join(base, "btr-rings-*-*")):
+        try:
+            pid = int(os.path.basename(path).split("-")[2])
+            os.kill(pid, 0)
+        except (ValueError, IndexError):
+            continue
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:  # another user's live process
+            continue
+
+
 class PrivateDir:
     """A 0700 temporary directory for ipc sockets and logs, removed on ``cleanup``.
 

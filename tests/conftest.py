@@ -105,7 +105,7 @@ def pid_alive(pid: int) -> bool:
 def loss_bound(batch_size: int, in_flight: int, item_bytes: int) -> int:
     """Documented bound on items lost when an instance dies with items in flight (README)."""
     if item_bytes >= 64 * 1024:  # arrays in shared-memory slots: each item in transit holds one
-        in_transit = 2 * batch_size + 2
+        in_transit = batch_size * (in_flight + 2) + 2
     else:
         zmq_queues = 4 + 4  # send and receive high-water marks
         kernel = -(-2 * 212_992 // item_bytes)  # default unix socket buffers, both ends

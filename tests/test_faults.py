@@ -101,3 +101,29 @@ def test_killed_driver_leaves_no_orphan_blender(sig):
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
         driver.wait(10)
+
+
+def test_shared_memory_files_do_not_outlive_their_actor(ray_session):
+    """Slot files, rings and render scratch files live in the actor's /dev/shm directory:
+    removed on close, and swept by the next actor on the node when an actor was SIGKILLed."""
+    import ray
+
+    from blender_worker.scenes import CUBE
+
+    with BlenderLauncher(script=CUBE, max_actor_restarts=1, instance_args=[["--width", "320", "--height", "240"]]) as bl:
+        it = iter(bl.dataset(timeout=120))
+        [next(it) for _ in range(10)]
+        (actor,) = bl.actors
+        ep = ray.get(actor.endpoints.remote())
+        mem_dir = ep["memory_dir"]
+        names = os.listdir(mem_dir)
+        assert any(n.startswith("slots-") for n in names) and any(n.startswith("btr-render-") for n in names)
+        os.kill(ep["blender_pid"], signal.SIGKILL)  # Blender dies: its scratch files stay in mem_dir...
+        [next(it) for _ in range(10)]  # ...and the restarted one carries on
+        os.kill(ep["actor_pid"], signal.SIGKILL)  # the actor dies: nobody cleans up mem_dir itself
+        del it
+        # Ray recreates the actor; on start it sweeps directories of dead actors.
+        assert wait_until(lambda: not os.path.exists(mem_dir), timeout=90), f"{mem_dir} outlived its actor"
+        new_dir = ray.get(actor.endpoints.remote())["memory_dir"]
+        assert os.path.isdir(new_dir)
+    assert wait_until(lambda: not os.path.exists(new_dir), timeout=15), "close() left the memory directory"
