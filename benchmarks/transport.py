@@ -63,7 +63,7 @@ def zmq_pair(n: int, shape: tuple) -> int:
     p.start()
     got = 0
     for _ in range(n):
-        frames = r.recv_multipart(copy=False)
+        r.recv_multipart(copy=False)
         got += 1
     p.join()
     r.close()
@@ -114,7 +114,8 @@ def naive_relay(n: int, shape: tuple, loader_batch: int = 8) -> tuple[int, float
                 yield ray.get(self.relay.next_frame.remote())
 
     h, w, _ = shape
-    cfg = LaunchConfig(script=SCENE, instance_args=[["--width", str(w), "--height", str(h)]])
+    # Frames come through the ZeroMQ socket (no shared-memory slots: those are part of our path).
+    cfg = LaunchConfig(script=SCENE, instance_args=[["--width", str(w), "--height", str(h)]], shared_memory_hop=False)
     relay = ray.remote(concurrency_groups={"stream": 1, "control": 1})(NaiveRelay).remote(cfg, 0)
     try:
         ray.get(relay.wait_ready.remote())
