@@ -83,21 +83,62 @@ class Forwarded:
         return self.entries
 
 
-class BlenderActor:
-    """Supervise one Blender subprocess and relay what it publishes (a Ray actor)."""
+def blender_args(config: LaunchConfig, btid: int, epoch: int, data_address: str, control_address: str,
+                 parent_pid: int, ack_path: str, slots: Optional[SlotFile]) -> list[str]:
+    """The command-line arguments of one Blender instance (``blender_worker.arguments``)."""
+    return [
+        "--btid", str(btid),
+        "--btseed", str(config.seed_for(btid, epoch)),
+        "--btepoch", str(epoch),
+        "--btdata", data_address,
+        "--btcontrol", control_address,
+        "--btparent", str(parent_pid),
+        "--btcodec", config.codec,
+        "--btack", ack_path,
+        *(["--btslots", f"{slots.path},{slots.slots},{slots.slot_bytes}"] if slots else []),
+        *config.args_for(btid),
+    ]
 
-    def __init__(self, config: LaunchConfig, btid: int) -> None:
+
+def slot_file_for(config: LaunchConfig, directory: PrivateDir, epoch: int) -> Optional[SlotFile]:
+    """A fresh shared-memory slot file for one Blender process (None if the hop is off)."""
+    if not config.shared_memory_hop:
+        return None
+    return SlotFile(directory.join(f"slots-{epoch}-{time.monotonic_ns()}"),
+                    slots=config.batch_size * (config.max_batches_in_flight + 2) + 2,
+                    slot_bytes=int(config.item_slot_mb * 2**20), create=True)
+
+
+class BlenderActor:
+    """Supervise one Blender subprocess and relay what it publishes (a Ray actor).
+
+    ``prestarted``: a Blender the driver started for this instance while Ray was starting
+    (``blendtorch_ray.prestart``); the actor adopts it instead of starting its own, unless
+    this actor is a recreation (then that process is ended and a fresh one started).
+    """
+
+    def __init__(self, config: LaunchConfig, btid: int, prestarted: Optional[Any] = None) -> None:
         self.config = config
         self.btid = btid
         self.blender = find_blender(config.blender)
-        self._dir = PrivateDir(prefix=f"btr-{btid}-")
+        with warnings.catch_warnings():  # Ray's property warns about its own internals
+            warnings.simplefilter("ignore")
+            reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
+        if prestarted is not None and (reconstructed or not prestarted.usable()):
+            prestarted.discard()  # a recreated actor starts its own Blender
+            prestarted = None
         sweep_stale_memory_dirs()
-        self._mem_dir = PrivateDir(prefix=f"btr-rings-{os.getpid()}-", base=memory_dir())
+        if prestarted is not None:
+            self._dir, self._mem_dir = PrivateDir.existing(prestarted.dir), PrivateDir.existing(prestarted.memory_dir)
+            self.log_path = prestarted.log_path
+        else:
+            self._dir = PrivateDir(prefix=f"btr-{btid}-")
+            self._mem_dir = PrivateDir(prefix=f"btr-rings-{os.getpid()}-", base=memory_dir())
+            log_dir = config.log_dir or self._dir.path
+            os.makedirs(log_dir, exist_ok=True)
+            name = config.name or "blendtorch"
+            self.log_path = os.path.join(log_dir, f"{name.replace('/', '_')}-{btid}.log")
         self._retired: list[SlotFile] = []
-        log_dir = config.log_dir or self._dir.path
-        os.makedirs(log_dir, exist_ok=True)
-        name = config.name or "blendtorch"
-        self.log_path = os.path.join(log_dir, f"{name.replace('/', '_')}-{btid}.log")
         self._receiver = ItemReceiver(
             self._dir if config.transport == "ipc" else None,
             config.transport,
@@ -107,9 +148,6 @@ class BlenderActor:
         self._lock = threading.Lock()
         # A recreated actor (node lost, actor process died) starts a fresh epoch so that its
         # Blender never repeats the seeds of items already delivered.
-        with warnings.catch_warnings():  # Ray's property warns about its own internals
-            warnings.simplefilter("ignore")
-            reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
         self.epoch = int(time.time()) if reconstructed else 0
         self.restarts = 0
         self.recycles = 0
@@ -127,7 +165,11 @@ class BlenderActor:
         self._t_first: Optional[float] = None
         self._t_last: Optional[float] = None
         self._gpu_env = self._gpu_environment()
-        self.process = self._spawn()
+        if prestarted is not None:
+            self._receiver.slots = prestarted.open_slots()
+            self.process = BlenderProcess.adopt(self.blender, prestarted.pid, self.log_path, prestarted.exit_file)
+        else:
+            self.process = self._spawn()
 
     # -- process management -------------------------------------------------
     def _gpu_environment(self) -> dict:
@@ -146,11 +188,7 @@ class BlenderActor:
         if old is not None:
             self._retired.append(old)
         self._receiver.slots = None
-        if not self.config.shared_memory_hop:
-            return None
-        slots = SlotFile(self._mem_dir.join(f"slots-{self.epoch}-{time.monotonic_ns()}"),
-                         slots=self.config.batch_size * (self.config.max_batches_in_flight + 2) + 2,
-                         slot_bytes=int(self.config.item_slot_mb * 2**20), create=True)
+        slots = slot_file_for(self.config, self._mem_dir, self.epoch)
         self._receiver.slots = slots
         return slots
 
@@ -168,18 +206,8 @@ class BlenderActor:
     def _spawn(self) -> BlenderProcess:
         self._epoch_items = 0
         slots = self._new_slot_file()
-        args = [
-            "--btid", str(self.btid),
-            "--btseed", str(self.config.seed_for(self.btid, self.epoch)),
-            "--btepoch", str(self.epoch),
-            "--btdata", self._receiver.address,
-            "--btcontrol", self._control.address,
-            "--btparent", str(os.getpid()),
-            "--btcodec", self.config.codec,
-            "--btack", self._dir.join("end-ack"),
-            *(["--btslots", f"{slots.path},{slots.slots},{slots.slot_bytes}"] if slots else []),
-            *self.config.args_for(self.btid),
-        ]
+        args = blender_args(self.config, self.btid, self.epoch, self._receiver.address, self._control.address,
+                            os.getpid(), self._dir.join("end-ack"), slots)
         env = dict(os.environ)
         env.update(self._gpu_env)
         env["BLENDTORCH_TMPDIR"] = self._mem_dir.path  # render scratch files: removed with this actor

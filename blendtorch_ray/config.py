@@ -59,6 +59,10 @@ class LaunchConfig:
     on other nodes always use the object store. False: object store for everyone."""
     ring_slot_mb: float = 32.0
     """Size of one ring slot; a batch whose arrays do not fit goes through the object store."""
+    prestart: bool = True
+    """Local mode: when the launcher starts Ray itself, start Blender at the same time and let
+    the actors adopt those processes (see blendtorch_ray/prestart.py). Ignored on clusters,
+    for tcp, GPUs and custom resources."""
     shared_memory_hop: bool = True
     """Blender -> actor: the arrays of items of 64 KiB and more go through shared-memory slots
     (one copy in Blender) and only a small message through ZeroMQ (see

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import os
 import logging
 import uuid
 from dataclasses import replace
@@ -14,6 +15,7 @@ from blendtorch_ray.actor import InstanceHealth, RemoteBlenderActor
 from blendtorch_ray.blender import find_blender
 from blendtorch_ray.config import LaunchConfig
 from blendtorch_ray.errors import BlenderStartError
+from blendtorch_ray.prestart import can_prestart, prestart
 from blendtorch_ray.runtime import ensure_ray
 
 log = logging.getLogger("blendtorch_ray")
@@ -96,11 +98,20 @@ class BlenderLauncher:
         if self._started:
             return self
         cfg = self.config
-        find_blender(cfg.blender)  # fail fast, in the driver, with the fix in the message
+        blender = find_blender(cfg.blender)  # fail fast, in the driver, with the fix in the message
         _prefetch_consumer_imports()
-        ensure_ray(namespace=self.namespace)
-        if not cfg.wait_for_resources:
-            check_capacity(cfg)
+        prestarted: dict = {}
+        if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS") and can_prestart(cfg):
+            # Local mode, Ray not up yet: Blender boots while Ray starts; actors adopt it.
+            prestarted = {b: prestart(cfg, b, blender) for b in range(cfg.num_instances)}
+        self._prestarted = list(prestarted.values())
+        try:
+            ensure_ray(namespace=self.namespace)
+            if not cfg.wait_for_resources:
+                check_capacity(cfg)
+        except BaseException:
+            self._discard_prestarted()
+            raise
         try:
             for btid in range(cfg.num_instances):
                 opts: dict = dict(
@@ -114,7 +125,7 @@ class BlenderLauncher:
                     opts["num_gpus"] = cfg.num_gpus
                 if cfg.resources:
                     opts["resources"] = dict(cfg.resources)
-                self.actors.append(RemoteBlenderActor.options(**opts).remote(cfg, btid))
+                self.actors.append(RemoteBlenderActor.options(**opts).remote(cfg, btid, prestarted.get(btid)))
             refs = [a.wait_ready.remote() for a in self.actors]
             timeout = None if cfg.wait_for_resources else cfg.ready_timeout + 60
             try:
@@ -132,6 +143,12 @@ class BlenderLauncher:
         atexit.register(self.close)
         return self
 
+    def _discard_prestarted(self) -> None:
+        """End prestarted Blender processes no actor runs any more (or ever adopted)."""
+        for p in getattr(self, "_prestarted", []):
+            p.discard()
+        self._prestarted = []
+
     def close(self) -> None:
         """Stop every Blender and its actor (only the launching process owns them)."""
         if not self._owner:
@@ -147,6 +164,7 @@ class BlenderLauncher:
                     ray.kill(a)
                 except Exception:  # noqa: BLE001
                     pass
+        self._discard_prestarted()
         self._started = False
 
     def __enter__(self) -> "BlenderLauncher":

@@ -24,6 +24,54 @@ def tail_file(path: str, max_lines: int = 30, max_bytes: int = 16_384) -> str:
     return "\n".join(data.splitlines()[-max_lines:])
 
 
+class _AdoptedPopen:
+    """The ``Popen`` view of a Blender process that another process of this node started
+    (the driver's prestart, see ``blendtorch_ray.prestart``): it reaps the child and
+    writes its exit code to ``exit_file``."""
+
+    def __init__(self, pid: int, exit_file: str) -> None:
+        self.pid, self.exit_file = pid, exit_file
+        self.returncode: Optional[int] = None
+
+    def _read_exit(self) -> Optional[int]:
+        try:
+            with open(self.exit_file) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _running(self) -> bool:
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return False
+
+    def poll(self) -> Optional[int]:
+        if self.returncode is not None:
+            return self.returncode
+        code = self._read_exit()
+        if code is None:
+            if self._running():
+                return None
+            deadline = time.monotonic() + 2.0  # its parent writes the code right after reaping
+            while code is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+                code = self._read_exit()
+            if code is None:
+                code = -signal.SIGKILL  # gone without a word: count it as killed
+        self.returncode = code
+        return code
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
+            time.sleep(0.02)
+        return self.returncode  # type: ignore[return-value]
+
+
 class BlenderProcess:
     """A supervised Blender subprocess whose stdout and stderr go to ``log_path``.
 
@@ -56,6 +104,16 @@ class BlenderProcess:
                 close_fds=True,
             )
         self.started_at = time.monotonic()
+
+    @classmethod
+    def adopt(cls, blender: BlenderExecutable, pid: int, log_path: str, exit_file: str) -> "BlenderProcess":
+        """Supervise a Blender process that was started elsewhere on this node (its parent
+        reaps it and writes its exit code to ``exit_file``)."""
+        self = cls.__new__(cls)
+        self.blender, self.cmd, self.log_path = blender, [f"<adopted pid {pid}>"], log_path
+        self._popen = _AdoptedPopen(pid, exit_file)  # type: ignore[assignment]
+        self.started_at = time.monotonic()
+        return self
 
     @property
     def pid(self) -> int:

@@ -51,6 +51,13 @@ class PrivateDir:
         self.path = tempfile.mkdtemp(prefix=prefix, dir=base)  # mkdtemp creates it 0700
         os.chmod(self.path, 0o700)
 
+    @classmethod
+    def existing(cls, path: str) -> "PrivateDir":
+        """Take over a directory made by another process of this user on this node."""
+        self = cls.__new__(cls)
+        self.path = path
+        return self
+
     def join(self, name: str) -> str:
         return os.path.join(self.path, name)
 

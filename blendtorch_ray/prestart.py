@@ -1,0 +1,111 @@
+"""Start Blender while Ray starts (local mode): the time to first batch overlaps the two.
+
+In local mode the launcher starts Ray itself, which takes seconds during which the machine is
+partly idle. Blender needs no Ray to boot, load its scene and render its first frame, so the
+launcher starts each instance's Blender first, with the socket addresses and shared-memory
+slot file its actor will use, and the actor adopts the running process when it comes up. The
+Blender process connects to a socket nobody has bound yet; ZeroMQ keeps trying, and its hello
+(and first items) wait in Blender until the actor binds.
+
+The driver is the parent of a prestarted Blender: Blender's lifeline watches the driver, a
+thread here reaps the process and writes its exit code for the actor, and the launcher ends
+any prestarted process that no actor adopted. After the first epoch, the actor restarts and
+recycles Blender as its own children, as always. Only for the ipc transport, and not for
+instances that need GPUs or custom resources (which node and device they get is Ray's call).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Optional
+
+from blender_worker.slots import SlotFile
+from blendtorch_ray.blender import BlenderExecutable
+from blendtorch_ray.config import LaunchConfig
+from blendtorch_ray.process import BlenderProcess
+from blendtorch_ray.transport import PrivateDir, memory_dir
+
+
+@dataclass(frozen=True)
+class Prestarted:
+    """A Blender process started by the driver for instance ``btid``, for its actor to adopt."""
+
+    btid: int
+    pid: int
+    dir: str
+    """Private directory: the actor binds its sockets here."""
+    memory_dir: str
+    """/dev/shm directory: slot file, render scratch files."""
+    log_path: str
+    exit_file: str
+    """Written with Blender's exit code by the driver once it has reaped the process."""
+    slots: Optional[tuple]
+    """``(path, slots, slot_bytes)`` of the slot file, or None."""
+
+    def usable(self) -> bool:
+        """True while the process runs and its directories exist (same node, not ended)."""
+        return os.path.isdir(self.dir) and not os.path.exists(self.exit_file) and os.path.exists(f"/proc/{self.pid}")
+
+    def open_slots(self) -> Optional[SlotFile]:
+        return SlotFile(*self.slots) if self.slots else None
+
+    def discard(self) -> None:
+        """End the process (if it still runs) and remove its directories."""
+        import shutil
+
+        proc = _STARTED.pop(self.pid, None)  # in the driver: the Popen itself
+        if proc is not None:
+            proc.terminate(timeout=2.0)
+        elif self.usable():  # elsewhere (a recreated actor): by pid, while it is still ours
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        shutil.rmtree(self.memory_dir, ignore_errors=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+_STARTED: dict = {}
+"""pid -> BlenderProcess of the Blender processes this (driver) process prestarted."""
+
+
+def can_prestart(config: LaunchConfig) -> bool:
+    """Whether instances of ``config`` may be started before their actors (see module doc)."""
+    return bool(config.prestart and config.transport == "ipc" and not config.num_gpus and not config.resources)
+
+
+def prestart(config: LaunchConfig, btid: int, blender: BlenderExecutable) -> Prestarted:
+    """Start instance ``btid``'s first Blender now, as its actor would."""
+    from blendtorch_ray.actor import blender_args, slot_file_for
+
+    d = PrivateDir(prefix=f"btr-{btid}-")
+    m = PrivateDir(prefix=f"btr-rings-{os.getpid()}-", base=memory_dir())
+    log_dir = config.log_dir or d.path
+    os.makedirs(log_dir, exist_ok=True)
+    name = (config.name or "blendtorch").replace("/", "_")
+    log_path = os.path.join(log_dir, f"{name}-{btid}.log")
+    slots = slot_file_for(config, m, 0)
+    args = blender_args(config, btid, 0, f"ipc://{d.join('data.sock')}", f"ipc://{d.join('control.sock')}",
+                        os.getpid(), d.join("end-ack"), slots)
+    env = dict(os.environ)
+    env.update(config.env)
+    env["BLENDTORCH_TMPDIR"] = m.path
+    proc = BlenderProcess(blender, config.script, config.scene, args, log_path, env)
+    exit_file = d.join("exit-code")
+
+    def reap() -> None:  # the driver is the parent: reap it and tell the actor how it ended
+        code = proc._popen.wait()
+        try:
+            with open(exit_file + ".tmp", "w") as f:
+                f.write(str(code))
+            os.replace(exit_file + ".tmp", exit_file)
+        except OSError:  # the directory is gone: the actor closed already
+            pass
+
+    threading.Thread(target=reap, name=f"btr-reap-{btid}", daemon=True).start()
+    _STARTED[proc.pid] = proc
+    return Prestarted(btid=btid, pid=proc.pid, dir=d.path, memory_dir=m.path, log_path=log_path,
+                      exit_file=exit_file, slots=(slots.path, slots.slots, slots.slot_bytes) if slots else None)

@@ -1,0 +1,33 @@
+"""Local mode starts Blender while Ray starts, and the actors adopt those processes
+(blendtorch_ray/prestart.py). Run in a fresh driver process: prestart applies only when
+the launcher itself starts Ray."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, TEST_SCRIPTS, pid_alive, wait_until
+
+pytestmark = [pytest.mark.blender, pytest.mark.ray, pytest.mark.slow]
+
+
+def test_prestarted_blender_is_adopted_supervised_and_cleaned_up():
+    env = dict(os.environ, PYTHONPATH=str(REPO / "tests"))
+    env.pop("RAY_ADDRESS", None)
+    run = subprocess.run([sys.executable, str(REPO / "tests" / "drivers" / "prestart_check.py"),
+                          str(TEST_SCRIPTS / "forever.py")], capture_output=True, text=True, env=env, timeout=300)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT")]
+    assert lines, run.stderr[-3000:]
+    out = json.loads(lines[0].split(" ", 1)[1])
+    # The actors run the very processes the driver started before Ray was up.
+    assert out["pids"] == out["prestarted"] and out["parents"] == [out["driver"]] * 2
+    # Killing an adopted Blender: noticed, restarted by its actor (as its own child), no duplicates.
+    assert out["restarts"] == [1, 0] and "SIGKILL" in (out["last_error"] or "")
+    assert out["new_pids"][0] != out["pids"][0] and out["new_parent"] == out["actor_pid"]
+    assert out["unique"] and out["arrays_ok"]
+    # Nothing outlives the driver: no Blender, no shared-memory directory.
+    assert wait_until(lambda: not any(pid_alive(p) for p in out["pids"] + out["new_pids"]), timeout=30)
+    assert not any(os.path.exists(d) for d in out["memory_dirs"])
