@@ -50,7 +50,9 @@ class DataPublisher:
         self._sock = self._ctx.socket(zmq.PUSH)
         self._sock.setsockopt(zmq.SNDHWM, send_hwm)
         self._sock.setsockopt(zmq.LINGER, linger_ms)
-        self._sock.setsockopt(zmq.IMMEDIATE, 1)
+        # Not IMMEDIATE: the pipe to the actor exists from connect() on, so the hello and the
+        # first items queue (up to send_hwm) while the actor is not listening yet: a Blender
+        # the launcher prestarted renders its first frames while Ray is still starting.
         self._sock.connect(launch.data_address)
         self._slots = None
         if launch.slots:

@@ -99,11 +99,11 @@ class BlenderLauncher:
             return self
         cfg = self.config
         blender = find_blender(cfg.blender)  # fail fast, in the driver, with the fix in the message
-        _prefetch_consumer_imports()
         prestarted: dict = {}
         if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS") and can_prestart(cfg):
             # Local mode, Ray not up yet: Blender boots while Ray starts; actors adopt it.
             prestarted = {b: prestart(cfg, b, blender) for b in range(cfg.num_instances)}
+        _prefetch_consumer_imports()
         self._prestarted = list(prestarted.values())
         try:
             ensure_ray(namespace=self.namespace)
