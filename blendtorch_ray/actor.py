@@ -33,7 +33,7 @@ from blendtorch_ray.config import LaunchConfig
 from blendtorch_ray.duplex import ControlEndpoint
 from blendtorch_ray.errors import BlenderCrashedError, BlenderStartError
 from blendtorch_ray.process import BlenderProcess
-from blendtorch_ray.transport import ItemReceiver, PrivateDir, memory_dir, sweep_stale_memory_dirs
+from blendtorch_ray.transport import ItemReceiver, PrivateDir, SHM_MIN_FREE, has_shared_memory_room, memory_dir, sweep_stale_memory_dirs
 
 log = logging.getLogger("blendtorch_ray")
 
@@ -101,8 +101,9 @@ def blender_args(config: LaunchConfig, btid: int, epoch: int, data_address: str,
 
 
 def slot_file_for(config: LaunchConfig, directory: PrivateDir, epoch: int) -> Optional[SlotFile]:
-    """A fresh shared-memory slot file for one Blender process (None if the hop is off)."""
-    if not config.shared_memory_hop:
+    """A fresh shared-memory slot file for one Blender process (None if the hop is off or
+    /dev/shm is too small for it)."""
+    if not config.shared_memory_hop or not has_shared_memory_room(directory.path):
         return None
     return SlotFile(directory.join(f"slots-{epoch}-{time.monotonic_ns()}"),
                     slots=config.batch_size * (config.max_batches_in_flight + 2) + 2,
@@ -164,6 +165,9 @@ class BlenderActor:
         self._partial = 0
         self._t_first: Optional[float] = None
         self._t_last: Optional[float] = None
+        if (config.shared_memory_hop or config.shared_memory_ring) and not has_shared_memory_room(self._mem_dir.path):
+            self._warn(f"shared-memory paths off: less than {SHM_MIN_FREE // 2**20} MiB free in "
+                       f"{os.path.dirname(self._mem_dir.path)}; raise it (docker run --shm-size=2g) for speed")
         self._gpu_env = self._gpu_environment()
         if prestarted is not None:
             self._receiver.slots = prestarted.open_slots()
@@ -298,7 +302,7 @@ class BlenderActor:
         that follow are descriptors of its slots (see ``shm_ring``).
         """
         shm = None
-        if ring:
+        if ring and has_shared_memory_room(self._mem_dir.path):
             import uuid
 
             from blendtorch_ray.shm_ring import ShmRing

@@ -21,6 +21,20 @@ def memory_dir() -> Optional[str]:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
+SHM_MIN_FREE = 256 * 2**20
+"""Below this much free space in /dev/shm the shared-memory paths stay off: writing past a
+full tmpfs (Docker's default /dev/shm is 64 MB) kills the writer with SIGBUS."""
+
+
+def has_shared_memory_room(path: str) -> bool:
+    """Whether the filesystem of ``path`` has room for the shared-memory paths (see SHM_MIN_FREE)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize >= SHM_MIN_FREE
+
+
 def sweep_stale_memory_dirs() -> None:
     """Remove ring directories on /dev/shm left by actors that were killed (named
     ``btr-rings-<pid>-*``; removed when that pid is gone). Their files would otherwise keep

@@ -74,3 +74,22 @@ def test_publisher_puts_large_arrays_in_slots_and_small_ones_inline(tmp_path, co
         receiver.close()
     finally:
         d.cleanup()
+
+
+def test_small_dev_shm_turns_the_shared_memory_paths_off(monkeypatch, tmp_path):
+    """Writing past a full tmpfs kills the writer with SIGBUS: with too little free space the
+    actor uses the socket instead (the threshold is raised here instead of shrinking /dev/shm)."""
+    from blendtorch_ray import transport
+    from blendtorch_ray.actor import slot_file_for
+    from blendtorch_ray.config import LaunchConfig
+
+    d = PrivateDir(base=transport.memory_dir())
+    try:
+        cfg = LaunchConfig(script=__file__)
+        assert transport.has_shared_memory_room(d.path)
+        assert slot_file_for(cfg, d, 0) is not None
+        monkeypatch.setattr(transport, "SHM_MIN_FREE", 1 << 62)
+        assert not transport.has_shared_memory_room(d.path)
+        assert slot_file_for(cfg, d, 0) is None
+    finally:
+        d.cleanup()
