@@ -33,7 +33,7 @@ from blendtorch_ray.config import LaunchConfig
 from blendtorch_ray.duplex import ControlEndpoint
 from blendtorch_ray.errors import BlenderCrashedError, BlenderStartError
 from blendtorch_ray.process import BlenderProcess
-from blendtorch_ray.transport import ItemReceiver, PrivateDir, SHM_MIN_FREE, has_shared_memory_room, memory_dir, sweep_stale_memory_dirs
+from blendtorch_ray.transport import ItemReceiver, PrivateDir, SHM_MIN_FREE, has_shared_memory_room, memory_dir, owned_prefix, sweep_stale_dirs
 
 log = logging.getLogger("blendtorch_ray")
 
@@ -128,13 +128,13 @@ class BlenderActor:
         if prestarted is not None and (reconstructed or not prestarted.usable()):
             prestarted.discard()  # a recreated actor starts its own Blender
             prestarted = None
-        sweep_stale_memory_dirs()
+        sweep_stale_dirs()
         if prestarted is not None:
             self._dir, self._mem_dir = PrivateDir.existing(prestarted.dir), PrivateDir.existing(prestarted.memory_dir)
             self.log_path = prestarted.log_path
         else:
-            self._dir = PrivateDir(prefix=f"btr-{btid}-")
-            self._mem_dir = PrivateDir(prefix=f"btr-rings-{os.getpid()}-", base=memory_dir())
+            self._dir = PrivateDir(prefix=owned_prefix(f"i{btid}"))
+            self._mem_dir = PrivateDir(prefix=owned_prefix("shm"), base=memory_dir())
             log_dir = config.log_dir or self._dir.path
             os.makedirs(log_dir, exist_ok=True)
             name = config.name or "blendtorch"

@@ -28,7 +28,7 @@ from blender_worker import codec
 from blendtorch_ray.blender import find_blender
 from blendtorch_ray.errors import BlenderCrashedError, BlenderStartError, BlendtorchError
 from blendtorch_ray.process import BlenderProcess
-from blendtorch_ray.transport import PrivateDir
+from blendtorch_ray.transport import PrivateDir, owned_prefix
 
 KIND_ENV = "env"
 
@@ -86,7 +86,7 @@ class _Connection:
 
     def __init__(self, config: EnvConfig, epoch: int) -> None:
         self.config = config
-        self.dir = PrivateDir(prefix=f"btr-env-{config.btid}-")
+        self.dir = PrivateDir(prefix=owned_prefix(f"env{config.btid}"))
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.REQ)
         self.sock.setsockopt(zmq.LINGER, 0)

@@ -26,7 +26,7 @@ from blender_worker.slots import SlotFile
 from blendtorch_ray.blender import BlenderExecutable
 from blendtorch_ray.config import LaunchConfig
 from blendtorch_ray.process import BlenderProcess
-from blendtorch_ray.transport import PrivateDir, memory_dir
+from blendtorch_ray.transport import PrivateDir, memory_dir, owned_prefix
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,8 @@ def prestart(config: LaunchConfig, btid: int, blender: BlenderExecutable) -> Pre
     """Start instance ``btid``'s first Blender now, as its actor would."""
     from blendtorch_ray.actor import blender_args, slot_file_for
 
-    d = PrivateDir(prefix=f"btr-{btid}-")
-    m = PrivateDir(prefix=f"btr-rings-{os.getpid()}-", base=memory_dir())
+    d = PrivateDir(prefix=owned_prefix(f"i{btid}"))
+    m = PrivateDir(prefix=owned_prefix("shm"), base=memory_dir())
     log_dir = config.log_dir or d.path
     os.makedirs(log_dir, exist_ok=True)
     name = (config.name or "blendtorch").replace("/", "_")

@@ -35,25 +35,29 @@ def has_shared_memory_room(path: str) -> bool:
     return st.f_bavail * st.f_frsize >= SHM_MIN_FREE
 
 
-def sweep_stale_memory_dirs() -> None:
-    """Remove ring directories on /dev/shm left by actors that were killed (named
-    ``btr-rings-<pid>-*``; removed when that pid is gone). Their files would otherwise keep
-    memory until reboot."""
+def owned_prefix(kind: str) -> str:
+    """Directory-name prefix that records this process's pid (``btr-<kind>-<pid>-``), so that
+    ``sweep_stale_dirs`` can remove what a killed process left behind."""
+    return f"btr-{kind}-{os.getpid()}-"
+
+
+def sweep_stale_dirs() -> None:
+    """Remove this project's directories left by processes that were killed: ring/slot
+    directories on /dev/shm (memory until reboot otherwise) and socket/log directories in the
+    temp directory, named by ``owned_prefix``; removed once that pid is gone."""
     import glob
 
-    base = memory_dir()
-    if base is None:
-        return
-    for path in glob.glob(os.path.join(base, "btr-rings-*-*")):
-        try:
-            pid = int(os.path.basename(path).split("-")[2])
-            os.kill(pid, 0)
-        except (ValueError, IndexError):
-            continue
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-        except PermissionError:  # another user's live process
-            continue
+    for base in {memory_dir(), tempfile.gettempdir()} - {None}:
+        for path in glob.glob(os.path.join(base, "btr-*-*-*")):
+            try:
+                pid = int(os.path.basename(path).split("-")[2])
+                os.kill(pid, 0)
+            except (ValueError, IndexError):
+                continue
+            except ProcessLookupError:
+                shutil.rmtree(path, ignore_errors=True)
+            except PermissionError:  # another user's live process
+                continue
 
 
 class PrivateDir:

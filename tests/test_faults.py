@@ -124,6 +124,7 @@ def test_shared_memory_files_do_not_outlive_their_actor(ray_session):
         del it
         # Ray recreates the actor; on start it sweeps directories of dead actors.
         assert wait_until(lambda: not os.path.exists(mem_dir), timeout=90), f"{mem_dir} outlived its actor"
+        assert not os.path.exists(ep["dir"]), "the killed actor's socket/log directory was not swept"
         new_dir = ray.get(actor.endpoints.remote())["memory_dir"]
         assert os.path.isdir(new_dir)
     assert wait_until(lambda: not os.path.exists(new_dir), timeout=15), "close() left the memory directory"
