@@ -5,6 +5,7 @@ import stat
 import time
 
 import psutil
+import numpy as np
 import pytest
 import zmq
 
@@ -111,8 +112,12 @@ def test_slow_consumer_makes_blender_wait(ray_session):
     assert len(rest) == 50
 
 
-def test_recycle_after_n_items_has_no_gap_and_keeps_the_instance_id(ray_session):
-    with BlenderLauncher(script=str(TEST_SCRIPTS / "forever.py"), recycle_after_items=25) as bl:
+@pytest.mark.parametrize("size", [8, 128], ids=["inline", "slots"])
+def test_recycle_after_n_items_has_no_gap_and_keeps_the_instance_id(ray_session, size):
+    """Also with 64 KiB items, whose arrays sit in the old Blender's slot file while it is
+    replaced (drained items are copied, forwarded ones read before the file goes)."""
+    with BlenderLauncher(script=str(TEST_SCRIPTS / "forever.py"), recycle_after_items=25,
+                         instance_args=[["--size", str(size)]]) as bl:
         it = iter(bl.dataset(timeout=60))
         rss_before = bl.health()[0].rss_bytes
         pids = {bl.pids()[0]}
@@ -124,6 +129,7 @@ def test_recycle_after_n_items_has_no_gap_and_keeps_the_instance_id(ray_session)
         health = bl.health()[0]
     epochs = sorted({i["epoch"] for i in items})
     assert epochs[:3] == [0, 1, 2]
+    assert all(np.all(i["arr"] == i["seq"]) for i in items)
     for e in epochs[:-1]:
         seqs = [i["seq"] for i in items if i["epoch"] == e]
         assert seqs == list(range(len(seqs))) and len(seqs) >= 25
