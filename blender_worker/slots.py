@@ -37,14 +37,15 @@ def _aligned(n: int) -> int:
 
 
 class SlotFile:
-    """``slots`` slots of ``slot_bytes`` each in a memory-mapped file."""
+    """``slots`` slots of ``slot_bytes`` each in a memory-mapped file, after ``reserved`` bytes
+    the owner may use for a header of its own (``blendtorch_ray.shm_ring`` does)."""
 
-    def __init__(self, path: str, slots: int, slot_bytes: int, create: bool = False) -> None:
+    def __init__(self, path: str, slots: int, slot_bytes: int, create: bool = False, reserved: int = 0) -> None:
         if slots < 1 or slot_bytes < ALIGN:
             raise ValueError(f"need at least 1 slot of {ALIGN} bytes, got {slots} x {slot_bytes}")
-        self.path, self.slots, self.slot_bytes = path, slots, slot_bytes
+        self.path, self.slots, self.slot_bytes, self.reserved = path, slots, slot_bytes, reserved
         self.stride = HEADER + slot_bytes
-        size = slots * self.stride
+        size = reserved + slots * self.stride
         fd = os.open(path, os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0), 0o600)
         try:
             if create:
@@ -55,7 +56,7 @@ class SlotFile:
         finally:
             os.close(fd)
         self._buf = np.frombuffer(self._mm, dtype=np.uint8)
-        self._states = [self._buf[i * self.stride : i * self.stride + 8].view(np.uint64) for i in range(slots)]
+        self._states = [self._buf[self.slot_start(i) : self.slot_start(i) + 8].view(np.uint64) for i in range(slots)]
         self._next = 0
 
     # -- Blender (writer) ------------------------------------------------------------
@@ -75,7 +76,7 @@ class SlotFile:
             self._buf[base + offset : base + offset + src.nbytes] = src
             sizes.append(src.nbytes)
             offset += _aligned(src.nbytes)
-        self._states[slot][0] = 1
+        self.mark_full(slot)
         self._next = (slot + 1) % self.slots
         return slot, sizes
 
@@ -107,9 +108,19 @@ class SlotFile:
     def buffer(self) -> np.ndarray:
         return self._buf
 
+    def slot_start(self, slot: int) -> int:
+        """Byte offset of ``slot`` (its state word) in the file."""
+        return self.reserved + slot * self.stride
+
     def data_start(self, slot: int) -> int:
         """Byte offset of ``slot``'s data in the file."""
-        return slot * self.stride + HEADER
+        return self.slot_start(slot) + HEADER
+
+    def is_free(self, slot: int) -> bool:
+        return self._states[slot][0] == 0
+
+    def mark_full(self, slot: int) -> None:
+        self._states[slot][0] = 1
 
     def offset_in(self, slot: int, arr: np.ndarray) -> Optional[int]:
         """Offset of C-contiguous ``arr`` within ``slot``'s data if it lies there, else None."""
@@ -123,6 +134,15 @@ class SlotFile:
     def release(self, slot: int) -> None:
         """Give a slot back to Blender (its arrays must not be used any more)."""
         self._states[slot][0] = 0
+
+    def close(self) -> None:
+        """Unmap (once no array refers to the mapping any more; until then it stays)."""
+        self._states = []
+        self._buf = None
+        try:
+            self._mm.close()
+        except BufferError:
+            pass
 
     def unlink(self) -> None:
         try:

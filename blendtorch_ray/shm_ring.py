@@ -16,15 +16,15 @@ object-store path.
 
 from __future__ import annotations
 
-import mmap
-import os
 import time
 import weakref
 from typing import Any, Optional
 
 import numpy as np
 
-HEADER = 64  # bytes per slot header (state word), keeps data 64-byte aligned
+from blender_worker.slots import SlotFile
+
+HEADER = 64  # the ring's own header before its slots (SlotFile's ``reserved``)
 CLOSED_OFFSET = 0  # global header: reader-closed flag
 TAKEN_OFFSET = 8  # global header: Blender slots the reader has freed
 
@@ -46,21 +46,11 @@ class ShmRing:
 
     def __init__(self, path: str, slots: int, slot_bytes: int, create: bool) -> None:
         self.path, self.slots, self.slot_bytes = path, slots, slot_bytes
-        self.stride = HEADER + slot_bytes
-        size = HEADER + slots * self.stride
-        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
-        fd = os.open(path, flags, 0o600)
-        try:
-            if create:
-                os.ftruncate(fd, size)
-            self.mm = mmap.mmap(fd, size)
-        finally:
-            os.close(fd)
-        self._buf = np.frombuffer(self.mm, dtype=np.uint8)
+        self._file = SlotFile(path, slots, slot_bytes, create=create, reserved=HEADER)
+        self._buf = self._file.buffer
         self._closed_flag = self._buf[CLOSED_OFFSET:8].view(np.uint64)
         self._taken = self._buf[TAKEN_OFFSET : TAKEN_OFFSET + 8].view(np.uint64)
         self._source: Any = None
-        self._states = [self._buf[HEADER + i * self.stride : HEADER + i * self.stride + 8].view(np.uint64) for i in range(slots)]
         self._next = 0
 
     # -- writer (actor) ----------------------------------------------------------------
@@ -97,11 +87,11 @@ class ShmRing:
             return None
         slot = self._next
         deadline = time.monotonic() + timeout
-        while self._states[slot][0] != 0:
+        while not self._file.is_free(slot):
             if self._closed_flag[0] or time.monotonic() > deadline:
                 raise ConnectionAbortedError("shared-memory ring: the reader went away")
             time.sleep(0.0005)
-        base = HEADER + slot * self.stride + HEADER
+        base = self._file.data_start(slot)
         items = [dict(item) for item in batch]
         for (i, key), marker in forwarded.items():
             items[i][key] = marker
@@ -113,7 +103,7 @@ class ShmRing:
                 items[i][key] = ("__btr_shm__", offset, arr.dtype.str, arr.shape)
                 offset += arr.nbytes
             offset = -(-offset // 64) * 64
-        self._states[slot][0] = 1
+        self._file.mark_full(slot)
         self._next = (slot + 1) % self.slots
         desc: dict = {"__btr_ring_slot__": slot, "items": items}
         if release:
@@ -133,7 +123,7 @@ class ShmRing:
         A key whose arrays all have one shape and dtype is copied out into one ``(n, *shape)``
         block; the items then hold its rows (views)."""
         slot = descriptor["__btr_ring_slot__"]
-        base = HEADER + slot * self.stride + HEADER
+        base = self._file.data_start(slot)
         source = self._slot_source(descriptor.get("slot_file"))
         out = [dict(item) for item in descriptor["items"]]
         columns: dict[str, list] = {}
@@ -167,7 +157,7 @@ class ShmRing:
         for s in released:
             source.release(s)
         self._taken[0] += len(released)
-        self._states[slot][0] = 0
+        self._file.release(slot)
         return out
 
     def _slot_source(self, spec: Optional[list]) -> Any:
@@ -184,25 +174,18 @@ class ShmRing:
 
     def unlink(self) -> None:
         """Remove the ring's file; the mappings stay valid until closed."""
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        self._file.unlink()
 
     def close_reader(self) -> None:
         """Tell the writer that nobody reads any more (it stops waiting for slots)."""
         self._closed_flag[0] = 1
 
     def close(self, unlink: bool = False) -> None:
-        self._states = []
         self._closed_flag = None
         self._taken = None
         self._source = None
         self._buf = None
-        try:
-            self.mm.close()
-        except BufferError:
-            pass
+        self._file.close()
         if unlink:
             self.unlink()
 
