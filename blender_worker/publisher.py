@@ -58,7 +58,7 @@ class DataPublisher:
         if launch.slots:
             from blender_worker.slots import SlotFile
 
-            self._slots = SlotFile(*launch.slots)  # mapped before the hello: the actor may unlink it then
+            self._slots = SlotFile(*launch.slots)
         self._closed = False
         # Readiness handshake: the actor waits for this before reporting the instance ready.
         self._sock.send_multipart(

@@ -33,7 +33,15 @@ from blendtorch_ray.config import LaunchConfig
 from blendtorch_ray.duplex import ControlEndpoint
 from blendtorch_ray.errors import BlenderCrashedError, BlenderStartError
 from blendtorch_ray.process import BlenderProcess
-from blendtorch_ray.transport import ItemReceiver, PrivateDir, SHM_MIN_FREE, has_shared_memory_room, memory_dir, owned_prefix, sweep_stale_dirs
+from blendtorch_ray.transport import (
+    SHM_MIN_FREE,
+    ItemReceiver,
+    PrivateDir,
+    has_shared_memory_room,
+    memory_dir,
+    owned_prefix,
+    sweep_stale_dirs,
+)
 
 log = logging.getLogger("blendtorch_ray")
 
@@ -100,6 +108,27 @@ def blender_args(config: LaunchConfig, btid: int, epoch: int, data_address: str,
     ]
 
 
+def instance_dirs(config: LaunchConfig, btid: int) -> tuple[PrivateDir, PrivateDir, str]:
+    """Where one instance lives: its private directory (sockets, end acks, the log unless
+    ``log_dir``), its /dev/shm directory (slots, rings, render scratch) and its log path.
+    Both directories are named for this process, so they are swept once it is gone."""
+    private = PrivateDir(prefix=owned_prefix(f"i{btid}"))
+    memory = PrivateDir(prefix=owned_prefix("shm"), base=memory_dir())
+    log_dir = config.log_dir or private.path
+    os.makedirs(log_dir, exist_ok=True)
+    name = (config.name or "blendtorch").replace("/", "_")
+    return private, memory, os.path.join(log_dir, f"{name}-{btid}.log")
+
+
+def blender_environment(extra: dict, memory: PrivateDir) -> dict:
+    """Environment of a Blender process: this one's, plus ``extra``, plus where the
+    Renderer keeps its scratch files (removed with ``memory``, even after a SIGKILL)."""
+    env = dict(os.environ)
+    env.update(extra)
+    env["BLENDTORCH_TMPDIR"] = memory.path
+    return env
+
+
 def slot_file_for(config: LaunchConfig, directory: PrivateDir, epoch: int) -> Optional[SlotFile]:
     """A fresh shared-memory slot file for one Blender process (None if the hop is off or
     /dev/shm is too small for it)."""
@@ -133,12 +162,7 @@ class BlenderActor:
             self._dir, self._mem_dir = PrivateDir.existing(prestarted.dir), PrivateDir.existing(prestarted.memory_dir)
             self.log_path = prestarted.log_path
         else:
-            self._dir = PrivateDir(prefix=owned_prefix(f"i{btid}"))
-            self._mem_dir = PrivateDir(prefix=owned_prefix("shm"), base=memory_dir())
-            log_dir = config.log_dir or self._dir.path
-            os.makedirs(log_dir, exist_ok=True)
-            name = config.name or "blendtorch"
-            self.log_path = os.path.join(log_dir, f"{name.replace('/', '_')}-{btid}.log")
+            self._dir, self._mem_dir, self.log_path = instance_dirs(config, btid)
         self._retired: list[SlotFile] = []
         self._receiver = ItemReceiver(
             self._dir if config.transport == "ipc" else None,
@@ -191,13 +215,9 @@ class BlenderActor:
         old = self._receiver.slots
         if old is not None:
             self._retired.append(old)
-        self._receiver.slots = None
         slots = slot_file_for(self.config, self._mem_dir, self.epoch)
         self._receiver.slots = slots
         return slots
-
-    def _on_ready(self) -> None:
-        self._ready = True
 
     def _unlink_retired(self, pending: list) -> None:
         """Unlink retired slot files that no forwarded, untaken item (``pending``) points into."""
@@ -212,9 +232,7 @@ class BlenderActor:
         slots = self._new_slot_file()
         args = blender_args(self.config, self.btid, self.epoch, self._receiver.address, self._control.address,
                             os.getpid(), self._dir.join("end-ack"), slots)
-        env = dict(os.environ)
-        env.update(self._gpu_env)
-        env["BLENDTORCH_TMPDIR"] = self._mem_dir.path  # render scratch files: removed with this actor
+        env = blender_environment(self._gpu_env, self._mem_dir)
         return BlenderProcess(self.blender, self.config.script, self.config.scene, args, self.log_path, env)
 
     def _error(self, cls: type, message: str) -> Exception:
@@ -237,7 +255,7 @@ class BlenderActor:
                 if msg is not None:
                     header, obj = msg
                     if header.get("kind") == codec.KIND_READY:
-                        self._on_ready()
+                        self._ready = True
                     else:
                         self._receiver.release(header)
                     continue
@@ -337,7 +355,7 @@ class BlenderActor:
             if msg is not None:
                 header, obj = msg
                 if header.get("kind") == codec.KIND_READY:
-                    self._on_ready()
+                    self._ready = True
                     continue
                 if header.get("kind") == codec.KIND_END:
                     self._on_end(obj)
@@ -355,29 +373,31 @@ class BlenderActor:
                 self._count()
                 self._partial = len(batch)
                 if len(batch) >= cfg.batch_size:
-                    yield self._hand_over(batch, ring, held, forwarded)
-                    self._release(held)
+                    yield from self._emit(batch, ring, held, forwarded)
                     batch = []
                 if self._should_recycle():
                     batch += self._recycle(held)
                 continue
             if batch and time.monotonic() - batch_started > cfg.max_batch_delay:
-                yield self._hand_over(batch, ring, held, forwarded)
-                self._release(held)
+                yield from self._emit(batch, ring, held, forwarded)
                 batch = []
             if not self.process.alive():
                 batch += self._drain(held)
                 if batch:
-                    yield self._hand_over(batch, ring, held, forwarded)
-                    self._release(held)
+                    yield from self._emit(batch, ring, held, forwarded)
                     batch = []
                 if self.process.poll() == 0:
                     self._finished = True
                     return
                 self._restart()
         if batch:
-            yield self._hand_over(batch, ring, held, forwarded)
-            self._release(held)
+            yield from self._emit(batch, ring, held, forwarded)
+
+    def _emit(self, batch: list[dict], ring: Any, held: list[dict], forwarded: "Forwarded") -> Iterator[Any]:
+        """Yield ``batch`` (or its ring descriptor), then give back the slots it held: Ray
+        has serialised a yielded object before the generator resumes."""
+        yield self._hand_over(batch, ring, held, forwarded)
+        self._release(held)
 
     def _release(self, held: list[dict]) -> None:
         """Give Blender back the slots of items that have left (Ray serialised each yielded

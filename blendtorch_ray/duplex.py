@@ -34,6 +34,7 @@ import zmq
 from blender_worker import codec
 from blender_worker.duplex import GENERATION, KIND_MESSAGE, KIND_REPLY, MSG_ID, REPLY_TO, RESERVED
 from blendtorch_ray.errors import StreamTimeout
+from blendtorch_ray.transport import ipc_address
 
 
 @dataclass
@@ -61,7 +62,7 @@ class ControlEndpoint:
         self._sock = zmq.Context.instance().socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         if transport == "ipc":
-            self.address = f"ipc://{directory.join('control.sock')}"
+            self.address = ipc_address(directory, "control")
             self._sock.bind(self.address)
         else:
             port = self._sock.bind_to_random_port("tcp://127.0.0.1")

@@ -26,7 +26,7 @@ from blender_worker.slots import SlotFile
 from blendtorch_ray.blender import BlenderExecutable
 from blendtorch_ray.config import LaunchConfig
 from blendtorch_ray.process import BlenderProcess
-from blendtorch_ray.transport import PrivateDir, memory_dir, owned_prefix
+from blendtorch_ray.transport import ipc_address
 
 
 @dataclass(frozen=True)
@@ -79,21 +79,13 @@ def can_prestart(config: LaunchConfig) -> bool:
 
 def prestart(config: LaunchConfig, btid: int, blender: BlenderExecutable) -> Prestarted:
     """Start instance ``btid``'s first Blender now, as its actor would."""
-    from blendtorch_ray.actor import blender_args, slot_file_for
+    from blendtorch_ray.actor import blender_args, blender_environment, instance_dirs, slot_file_for
 
-    d = PrivateDir(prefix=owned_prefix(f"i{btid}"))
-    m = PrivateDir(prefix=owned_prefix("shm"), base=memory_dir())
-    log_dir = config.log_dir or d.path
-    os.makedirs(log_dir, exist_ok=True)
-    name = (config.name or "blendtorch").replace("/", "_")
-    log_path = os.path.join(log_dir, f"{name}-{btid}.log")
+    d, m, log_path = instance_dirs(config, btid)
     slots = slot_file_for(config, m, 0)
-    args = blender_args(config, btid, 0, f"ipc://{d.join('data.sock')}", f"ipc://{d.join('control.sock')}",
+    args = blender_args(config, btid, 0, ipc_address(d, "data"), ipc_address(d, "control"),
                         os.getpid(), d.join("end-ack"), slots)
-    env = dict(os.environ)
-    env.update(config.env)
-    env["BLENDTORCH_TMPDIR"] = m.path
-    proc = BlenderProcess(blender, config.script, config.scene, args, log_path, env)
+    proc = BlenderProcess(blender, config.script, config.scene, args, log_path, blender_environment(config.env, m))
     exit_file = d.join("exit-code")
 
     def reap() -> None:  # the driver is the parent: reap it and tell the actor how it ended

@@ -60,6 +60,12 @@ def sweep_stale_dirs() -> None:
                 continue
 
 
+def ipc_address(directory: "PrivateDir", socket: str) -> str:
+    """The ipc:// address of ``socket`` ("data" or "control") in an instance's private
+    directory: what the actor binds, and what a prestarted Blender connects to before that."""
+    return f"ipc://{directory.join(socket + '.sock')}"
+
+
 class PrivateDir:
     """A 0700 temporary directory for ipc sockets and logs, removed on ``cleanup``.
 
@@ -106,7 +112,7 @@ class ItemReceiver:
         if transport == "ipc":
             if directory is None:
                 raise ValueError("ipc transport needs a private directory")
-            self.address = f"ipc://{directory.join('data.sock')}"
+            self.address = ipc_address(directory, "data")
             self.sock.bind(self.address)
         elif transport == "tcp":
             port = self.sock.bind_to_random_port("tcp://127.0.0.1")
