@@ -49,12 +49,12 @@ def _zmq_sender(address: str, n: int, shape: tuple) -> None:
 
 
 def zmq_pair(n: int, shape: tuple) -> int:
-    import tempfile
-
     import zmq
 
-    d = tempfile.mkdtemp(prefix="btr-bench-")
-    address = f"ipc://{d}/s"
+    from blendtorch_ray.transport import PrivateDir
+
+    d = PrivateDir(prefix="btr-bench-")
+    address = f"ipc://{d.join('s')}"
     ctx = zmq.Context()
     r = ctx.socket(zmq.PULL)
     r.setsockopt(zmq.RCVHWM, 4)
@@ -68,6 +68,7 @@ def zmq_pair(n: int, shape: tuple) -> int:
     p.join()
     r.close()
     ctx.term()
+    d.cleanup()
     return got
 
 
