@@ -4,7 +4,8 @@ Signals, in the order they fire::
 
     pre_play
       pre_animation            (once per episode; the scene is at the first frame)
-        pre_frame  post_frame  (once per frame; physics advanced to the frame between them)
+        pre_frame  post_frame  (once per frame; the new frame is current in both, and
+                                evaluated, physics advanced, between them)
       post_animation
     post_play
 
@@ -60,8 +61,19 @@ class AnimationController:
     ) -> None:
         """Play ``num_episodes`` episodes over ``frame_range`` (inclusive); -1 plays forever.
 
-        ``frameid`` is the frame being processed (already current in ``pre_frame``; the
-        scene is evaluated at it, physics included, before ``post_frame``).
+        ``frameid`` is the frame being processed. In ``pre_frame`` it is already the scene's
+        current frame (``scene.frame_current == frameid``) but not yet evaluated: objects
+        still show the previous frame's physics, and changes made there show up in this
+        frame. The scene is then evaluated once at ``frameid`` (physics stepped exactly
+        once) before ``post_frame``.
+
+        Args:
+            frame_range: First and last frame (inclusive); None: the scene's own range.
+            num_episodes: Episodes to play; -1 plays until ``stop()``.
+            use_physics: Also set the rigid-body cache to ``frame_range``.
+
+        Raises:
+            ValueError: ``frame_range`` ends before it starts.
         """
         start, end = frame_range or self.frame_range
         if end < start:
@@ -79,6 +91,10 @@ class AnimationController:
             self.pre_animation.invoke()
             for frame in range(start, end + 1):
                 self.frameid = frame
+                # The new frame is current in pre_frame (as in the original blendtorch), but
+                # not evaluated yet: setting frame_current does not step physics or run frame
+                # handlers; frame_set below evaluates it once, with pre_frame's changes.
+                self.scene.frame_current = frame
                 self.pre_frame.invoke()
                 # Re-evaluate after pre_frame so its scene changes show up in this frame.
                 self.scene.frame_set(frame)

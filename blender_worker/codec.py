@@ -29,10 +29,7 @@ import numpy as np
 VERSION = 1
 CODECS = ("pickle", "json")
 
-# Message kinds.
-KIND_ITEM = "item"
-KIND_READY = "ready"
-KIND_END = "end"
+from blender_worker.protocol import KIND_END, KIND_ITEM, KIND_READY  # noqa: F401 - re-exported
 
 
 class CodecError(ValueError):

@@ -11,6 +11,7 @@ import zmq
 
 from blender_worker import codec
 from blender_worker.arguments import LaunchArgs
+from blender_worker.protocol import check_item_keys
 
 
 class DataPublisher:
@@ -72,9 +73,20 @@ class DataPublisher:
         atexit.register(self.close)
 
     def publish(self, **items: Any) -> None:
-        """Publish one item. Arrays are sent zero-copy; other values are pickled."""
+        """Publish one item. Arrays are sent zero-copy; other values are pickled.
+
+        Args:
+            **items: The item's fields: numpy arrays and any pickle-able values (JSON-able
+                ones with ``codec="json"``). ``btid``, ``seq``, ``seed``, ``epoch`` and
+                ``generation`` are added here and must not be given.
+
+        Raises:
+            ValueError: An item key is reserved (``blender_worker.protocol.RESERVED_ITEM_KEYS``).
+            RuntimeError: The publisher was closed.
+        """
         if self._closed:
             raise RuntimeError("publish() on a closed DataPublisher")
+        check_item_keys(items)
         item = dict(items)
         item.update(btid=self.btid, seq=self.seq, seed=self.launch.seed, epoch=self.launch.epoch,
                     generation=self.generation)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import re
+from contextlib import contextmanager
+from typing import Iterator, Optional
 
 
 class BlendtorchError(RuntimeError):
@@ -50,3 +52,52 @@ class StreamTimeout(BlendtorchError, TimeoutError):
 class BlenderVersionError(BlenderNotFoundError):
     """A Blender binary was found but cannot run blender_worker (too old, or its bundled
     Python differs from this interpreter's, so this environment's numpy/pyzmq cannot load)."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def unwrap_remote(exc: BaseException) -> BaseException:
+    """The project's own error inside an error that crossed Ray, ready to raise.
+
+    Ray wraps an exception raised in an actor in a ``RayTaskError`` whose first line is its
+    task header (with ANSI colour codes). A user should see our class and its own first
+    line ("Blender instance 1: ..."), with the Blender log tail; the actor-side traceback is
+    kept below it as a note, without colour codes.
+
+    Args:
+        exc: An exception caught around ``ray.get`` (or ``next`` on a streaming generator).
+
+    Returns:
+        A fresh exception of the original ``BlendtorchError`` subclass, or ``exc`` itself if
+        it does not wrap one.
+    """
+    cause = getattr(exc, "cause", None)
+    if not isinstance(cause, BlendtorchError) or cause is exc:
+        return exc
+    err = _rebuild(type(cause), cause.args[0] if cause.args else "", cause.btid, cause.log_tail, cause.log_path)
+    # Ray's text: its task header, the actor-side traceback, then our message again.
+    ours = f"{type(cause).__module__}.{type(cause).__qualname__}:"
+    lines = _ANSI.sub("", str(exc)).splitlines()
+    trace = "\n".join(lines[: next((i for i, ln in enumerate(lines) if ln.startswith(ours)), len(lines))]).strip()
+    if trace and hasattr(err, "add_note"):  # Python 3.11+
+        err.add_note("Ray traceback (raised in the actor):\n" + trace)
+    return err
+
+
+@contextmanager
+def own_errors() -> Iterator[None]:
+    """Re-raise errors of ours that crossed Ray as themselves (see ``unwrap_remote``).
+
+    Example::
+
+        with own_errors():
+            info = ray.get(actor.wait_ready.remote())
+    """
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - re-raised unchanged unless it wraps ours
+        err = unwrap_remote(exc)
+        if err is exc:
+            raise
+        raise err from None

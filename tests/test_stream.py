@@ -40,10 +40,10 @@ def test_animation_controller_callback_order_over_two_episodes(ray_session):
     names = [c[0] for c in calls]
     episode = ["pre_animation"] + ["pre_frame", "post_frame"] * 3 + ["post_animation"]
     assert names == ["pre_play"] + episode + episode + ["post_play"]
-    # frameid in pre_frame/post_frame is the frame being processed; post_frame sees it current.
+    # frameid in pre_frame/post_frame is the frame being processed; both see it current.
     frames = [(c[1], c[2]) for c in calls if c[0] == "post_frame"]
     assert frames == [(0, 3), (0, 4), (0, 5), (1, 3), (1, 4), (1, 5)]
-    assert all(c[3] == c[2] for c in calls if c[0] == "post_frame")
+    assert all(c[3] == c[2] for c in calls if c[0] in ("pre_frame", "post_frame"))  # new frame current in both
     assert [c[2] for c in calls if c[0] == "pre_animation"] == [3, 3]
 
 
@@ -167,3 +167,14 @@ def test_local_mode_blender_runs_at_the_drivers_priority(ray_session):
     with BlenderLauncher(script=str(TEST_SCRIPTS / "forever.py"), instance_args=[["--size", "8"]]) as bl:
         health = bl.health()[0]
         assert health.alive and health.niceness == os.getpriority(os.PRIO_PROCESS, 0) == 0
+
+
+def test_pre_frame_has_the_new_frame_current_and_physics_steps_once(ray_session):
+    with BlenderLauncher(script=str(TEST_SCRIPTS / "physics_frames.py")) as bl:
+        (it,) = list(bl.dataset(timeout=60))
+    assert it["pre"] == [(f, f) for f in range(1, 31)]  # frame_current is the new frame in pre_frame
+    assert [p[:2] for p in it["post"]] == [(f, f) for f in range(1, 31)]
+    heights = [p[2] for p in it["post"]]
+    assert heights[-1] < heights[0] - 1.0  # the cube fell: physics ran
+    # Same trajectory as a plain frame_set loop: no frame evaluated twice or skipped.
+    assert heights == pytest.approx(it["reference"], abs=1e-6)
