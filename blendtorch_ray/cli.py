@@ -11,14 +11,16 @@ import argparse
 import sys
 from typing import Callable, Optional
 
+from blendtorch_ray.validation import cli_int, cli_positive_float
+
 
 def add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="render the bundled cube scene with N instances and print what arrived")
-    p.add_argument("--instances", type=int, default=2, help="Blender instances (default 2)")
-    p.add_argument("--items", type=int, default=64, help="items to receive (default 64)")
-    p.add_argument("--batch-size", type=int, default=8, help="DataLoader batch size (default 8)")
-    p.add_argument("--width", type=int, default=640)
-    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--instances", type=cli_int(1), default=2, help="Blender instances (default 2)")
+    p.add_argument("--items", type=cli_int(1), default=64, help="items to receive (default 64)")
+    p.add_argument("--batch-size", type=cli_int(1), default=8, help="DataLoader batch size (default 8)")
+    p.add_argument("--width", type=cli_int(1), default=640)
+    p.add_argument("--height", type=cli_int(1), default=480)
     p.add_argument("--blender", default=None, help="'bpy' (default), 'blender' or a path to a Blender binary")
     p.add_argument("--out", default="demo_contact_sheet.png", help="contact sheet PNG to write")
     p.set_defaults(func=cmd_demo)
@@ -85,11 +87,11 @@ def add_record(sub: argparse._SubParsersAction) -> None:
         description="Record N items to tar shards. Instance arguments for the script go after '--'.",
     )
     p.add_argument("-o", "--out", required=True, help="directory to write the shards to")
-    p.add_argument("--items", type=int, required=True, help="items to record")
+    p.add_argument("--items", type=cli_int(1), required=True, help="items to record")
     p.add_argument("--script", default=None, help="Blender script (default: the bundled cube scene)")
     p.add_argument("--scene", default=None, help=".blend file to open first")
-    p.add_argument("--instances", type=int, default=1, help="Blender instances (default 1)")
-    p.add_argument("--shard-items", type=int, default=1000, help="items per shard (default 1000)")
+    p.add_argument("--instances", type=cli_int(1), default=1, help="Blender instances (default 1)")
+    p.add_argument("--shard-items", type=cli_int(1), default=1000, help="items per shard (default 1000)")
     p.add_argument("--blender", default=None, help="'bpy' (default), 'blender' or a path to a Blender binary")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("script_args", nargs=argparse.REMAINDER, help="-- then instance arguments for the script")
@@ -153,8 +155,8 @@ def add_doctor(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="list every Blender found, its version, which engines render headless, what to fix")
     p.add_argument("--engines", default="workbench,eevee,cycles",
                    help="comma-separated engines to try (default: workbench,eevee,cycles)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per probe subprocess (default 120)")
-    p.add_argument("--jobs", type=int, default=2, help="Blenders examined in parallel (default 2)")
+    p.add_argument("--timeout", type=cli_positive_float("seconds"), default=120.0, help="seconds per probe subprocess (default 120)")
+    p.add_argument("--jobs", type=cli_int(1), default=2, help="Blenders examined in parallel (default 2)")
     p.set_defaults(func=cmd_doctor)
 
 

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+from blendtorch_ray import validation as v
+
 
 @dataclass
 class LaunchConfig:
@@ -86,8 +88,8 @@ class LaunchConfig:
     """Extra environment variables for Blender."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.num_instances, int) or self.num_instances < 1:
-            raise ValueError(f"num_instances must be a positive integer, got {self.num_instances!r}")
+        own = "LaunchConfig"
+        v.positive_int("num_instances", self.num_instances, owner=own, example=1)
         self.script = os.path.abspath(self.script)
         if not os.path.isfile(self.script):
             raise FileNotFoundError(f"Blender script not found: {self.script}")
@@ -100,12 +102,25 @@ class LaunchConfig:
                 f"instance_args has {len(self.instance_args)} entries for {self.num_instances} "
                 "instances; give one list of arguments per instance"
             )
-        if self.batch_size < 1 or self.max_batches_in_flight < 1:
-            raise ValueError("batch_size and max_batches_in_flight must be >= 1")
-        if self.transport not in ("ipc", "tcp"):
-            raise ValueError(f"transport must be 'ipc' or 'tcp', got {self.transport!r}")
-        if self.codec not in ("pickle", "json"):
-            raise ValueError(f"codec must be 'pickle' or 'json', got {self.codec!r}")
+        v.non_negative_int("seed", self.seed, owner=own, example=0, hint="numpy's default_rng takes seeds >= 0")
+        v.positive_int("batch_size", self.batch_size, owner=own, example=8)
+        v.non_negative("max_batch_delay", self.max_batch_delay, owner=own, unit="seconds", example=0.5)
+        v.positive_int("max_batches_in_flight", self.max_batches_in_flight, owner=own, example=4)
+        v.positive("ready_timeout", self.ready_timeout, owner=own, unit="seconds", example=120)
+        v.non_negative_int("max_restarts", self.max_restarts, owner=own, example=3)
+        v.integer("max_actor_restarts", self.max_actor_restarts, minimum=-1, owner=own, example=3,
+                  hint="-1: Ray recreates the actor without limit")
+        v.non_negative("restart_backoff", self.restart_backoff, owner=own, unit="seconds", example=0.5)
+        v.optional_positive_int("recycle_after_items", self.recycle_after_items, owner=own, example=10_000)
+        v.optional_positive("recycle_rss_mb", self.recycle_rss_mb, owner=own, unit="MiB", example=4096)
+        v.positive("ring_slot_mb", self.ring_slot_mb, owner=own, unit="MiB", example=32)
+        v.positive("item_slot_mb", self.item_slot_mb, owner=own, unit="MiB", example=16)
+        v.positive("max_message_mb", self.max_message_mb, owner=own, unit="MiB", example=1024)
+        v.non_negative("num_cpus", self.num_cpus, owner=own, example=1)
+        v.non_negative("num_gpus", self.num_gpus, owner=own, example=1)
+        v.resource_amounts("resources", self.resources, owner=own, example={"blender": 1})
+        v.one_of("transport", self.transport, ("ipc", "tcp"), owner=own)
+        v.one_of("codec", self.codec, ("pickle", "json"), owner=own)
 
     def seed_for(self, btid: int, epoch: int) -> int:
         return self.seed + btid + 100_003 * epoch

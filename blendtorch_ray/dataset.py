@@ -90,8 +90,16 @@ class RemoteIterableDataset(IterableDataset):
         shared_memory_ring: bool = False,
     ) -> None:
         super().__init__()
-        if max_items is not None and max_items < 0:
-            raise ValueError("max_items must be >= 0 or None")
+        from blendtorch_ray import validation
+
+        validation.positive_int("num_instances", num_instances, owner="RemoteIterableDataset", example=1)
+        validation.stream_options(
+            "RemoteIterableDataset",
+            max_items=max_items,
+            timeout=timeout,
+            max_batches_in_flight=max_batches_in_flight,
+            reconnect_timeout=reconnect_timeout,
+        )
         self.group = group
         self.namespace = namespace
         self.num_instances = num_instances

@@ -75,10 +75,16 @@ class EnvConfig:
     def __post_init__(self) -> None:
         if not os.path.isfile(self.script):
             raise FileNotFoundError(f"Blender env script not found: {self.script!r}; pass the path of a .py file")
-        if self.transport not in ("ipc", "tcp"):
-            raise ValueError(f"transport={self.transport!r}: use 'ipc' or 'tcp'")
-        if self.start_timeout <= 0 or self.step_timeout <= 0:
-            raise ValueError("start_timeout and step_timeout must be positive seconds")
+        from blendtorch_ray import validation
+
+        own = "EnvConfig"
+        validation.one_of("transport", self.transport, ("ipc", "tcp"), owner=own)
+        validation.optional_positive("real_time_fps", self.real_time_fps, owner=own, unit="frames per second",
+                                     example=30, hint="None: the scene's frame rate")
+        validation.non_negative_int("btid", self.btid, owner=own, example=0)
+        validation.non_negative_int("seed", self.seed, owner=own, example=0, hint="numpy's default_rng takes seeds >= 0")
+        validation.positive("start_timeout", self.start_timeout, owner=own, unit="seconds", example=120)
+        validation.positive("step_timeout", self.step_timeout, owner=own, unit="seconds", example=60)
 
 
 class _Connection:

@@ -210,8 +210,17 @@ class BlenderLauncher:
 
         ``record_to``: a directory to record every item to (``blendtorch_ray.recording``).
         """
+        from blendtorch_ray import validation
         from blendtorch_ray.dataset import RemoteIterableDataset
 
+        # Checked here, before Ray or Blender start, so that a bad argument fails at once.
+        validation.stream_options(
+            "BlenderLauncher.dataset",
+            max_items=max_items,
+            timeout=timeout,
+            max_batches_in_flight=4 if max_batches_in_flight is None else max_batches_in_flight,
+            reconnect_timeout=options.get("reconnect_timeout", 120.0),
+        )
         if self.config is not None:
             options.setdefault("shared_memory_ring", self.config.shared_memory_ring)
 
@@ -236,8 +245,18 @@ class BlenderLauncher:
         ``options``: ``btids``, ``ray_remote_args`` and the ``blendtorch_ray.ray_data.ReadOptions``
         fields (block_size, columns, objects, timeout, ...). Lazy: each pass renders fresh items.
         """
-        from blendtorch_ray.ray_data import read_group
+        from blendtorch_ray import validation
+        from blendtorch_ray.ray_data import ReadOptions, read_group
 
+        # Checked here, before Ray or Blender start, so that a bad argument fails at once.
+        validation.positive_int(
+            "num_items", num_items, owner="BlenderLauncher.ray_dataset", example=1000,
+            hint="a Ray Dataset is bounded; for an endless stream use BlenderLauncher.dataset()",
+        )
+        read_options = {k: v for k, v in options.items() if k not in ("btids", "ray_remote_args")}
+        if read_options.get("columns") is not None:
+            read_options["columns"] = tuple(read_options["columns"])
+        ReadOptions(**read_options)
         if not self._started:
             self.start()
         if self.config is not None:

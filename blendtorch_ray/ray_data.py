@@ -32,6 +32,7 @@ import ray
 from ray.data.block import Block, BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from blendtorch_ray import validation
 from blendtorch_ray.errors import BlendtorchError
 
 _OBJECT_MODES = ("pickle", "drop", "error")
@@ -55,10 +56,11 @@ class ReadOptions:
     """Approximate bytes per item, used for Ray's memory estimate (None: unknown)."""
 
     def __post_init__(self) -> None:
-        if self.block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
-        if self.objects not in _OBJECT_MODES:
-            raise ValueError(f"objects must be one of {_OBJECT_MODES}, got {self.objects!r}")
+        validation.positive_int("block_size", self.block_size, owner="ReadOptions", example=32)
+        validation.one_of("objects", self.objects, _OBJECT_MODES, owner="ReadOptions")
+        validation.stream_options("ReadOptions", timeout=self.timeout, max_batches_in_flight=self.max_batches_in_flight)
+        validation.optional_positive_int("item_nbytes", self.item_nbytes, owner="ReadOptions", example=1_228_800,
+                                         hint="None: unknown")
         if self.columns is not None and (isinstance(self.columns, str) or not self.columns):
             raise ValueError("columns must be a non-empty sequence of item keys, e.g. ('image', 'xy')")
 
