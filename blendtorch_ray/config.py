@@ -76,8 +76,10 @@ class LaunchConfig:
     """Messages larger than this are refused by the actor's socket (the sender is dropped)."""
     codec: str = "pickle"
     """Item codec: "pickle" (any object) or "json" (arrays + JSON-able values, no pickle)."""
-    num_cpus: float = 1.0
-    """CPUs reserved per instance's actor."""
+    num_cpus: Optional[float] = None
+    """CPUs reserved per instance's actor. None (the default): 1 on a multi-node cluster; on
+    a single node (local mode), ``min(1, CPUs / num_instances)``, so that a group of any size
+    fits a workstation (4 instances on a 2-core machine get 0.5 each)."""
     num_gpus: float = 0.0
     """GPUs per instance; the assigned GPU is handed to Blender via CUDA_VISIBLE_DEVICES."""
     resources: dict = field(default_factory=dict)
@@ -116,7 +118,8 @@ class LaunchConfig:
         v.positive("ring_slot_mb", self.ring_slot_mb, owner=own, unit="MiB", example=32)
         v.positive("item_slot_mb", self.item_slot_mb, owner=own, unit="MiB", example=16)
         v.positive("max_message_mb", self.max_message_mb, owner=own, unit="MiB", example=1024)
-        v.non_negative("num_cpus", self.num_cpus, owner=own, example=1)
+        if self.num_cpus is not None:
+            v.non_negative("num_cpus", self.num_cpus, owner=own, example=1)
         v.non_negative("num_gpus", self.num_gpus, owner=own, example=1)
         v.resource_amounts("resources", self.resources, owner=own, example={"blender": 1})
         v.one_of("transport", self.transport, ("ipc", "tcp"), owner=own)

@@ -1,9 +1,12 @@
 """Consume a group's stream as a torch ``IterableDataset``.
 
 Each instance's actor yields batches through a Ray streaming generator; this dataset waits
-on all of them at once (``ray.wait``) and flattens batches into items. With a DataLoader
-and ``num_workers > 0``, worker ``k`` of ``n`` reads the instances whose ``btid % n == k``,
-so no item is read twice and none is skipped. Workers must be started with
+on all of them at once (``ray.wait``) and flattens batches into items. Instances with a
+batch ready are read round-robin, so a training batch mixes instances instead of draining
+one instance's backlog first. With a DataLoader and ``num_workers > 0``, worker ``k`` of
+``n`` reads every ``n``-th instance starting at ``k``, so no item is read twice and none is
+skipped; workers beyond the number of instances read nothing, and ``max_items`` is split
+over the workers that read, so exactly ``max_items`` items arrive in every layout. Workers must be started with
 ``multiprocessing_context="spawn"`` or ``"forkserver"`` (a forked child cannot use the
 parent's Ray connection); ``make_loader`` sets that up.
 """
@@ -22,7 +25,7 @@ import ray
 import torch
 from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
-from blendtorch_ray.errors import BlendtorchError, StreamTimeout
+from blendtorch_ray.errors import BlendtorchError, StreamTimeout, own_errors
 from blendtorch_ray.launcher import actor_name
 from blendtorch_ray.runtime import ensure_ray, gcs_address
 from blendtorch_ray.shm_ring import ShmRing, is_ring_batch, is_ring_header, ring_block
@@ -38,10 +41,35 @@ ACTOR_LOST: tuple = (
 )
 
 
-def _split(total: Optional[int], n: int, k: int) -> Optional[int]:
-    if total is None:
-        return None
-    return total // n + (1 if k < total % n else 0)
+FAIR_START_S = 1.0
+"""Longest wait, when a read starts, for every instance's stream to have something ready
+(about the actor's ``max_batch_delay``, after which it sends a partial batch)."""
+
+
+def worker_share(btids: Sequence[int], max_items: Optional[int], num_workers: int, worker: int) -> tuple[list[int], Optional[int]]:
+    """The instances DataLoader worker ``worker`` of ``num_workers`` reads, and its share of
+    ``max_items``.
+
+    Worker ``k`` reads every ``num_workers``-th instance starting at ``k``. Workers that own
+    no instance (more workers than instances) read nothing and get no share, so the shares
+    of the workers that read always add up to ``max_items``.
+
+    Args:
+        btids: The instances the dataset reads.
+        max_items: Items in total over all workers, or None (no limit).
+        num_workers: Number of DataLoader workers (1 without workers).
+        worker: This worker's id, ``0 <= worker < num_workers``.
+
+    Returns:
+        ``(btids, budget)``: this worker's instances and how many items it yields (None: no limit).
+    """
+    readers = min(num_workers, len(btids))
+    if worker >= readers:
+        return [], 0
+    mine = [b for i, b in enumerate(btids) if i % num_workers == worker]
+    if max_items is None:
+        return mine, None
+    return mine, max_items // readers + (1 if worker < max_items % readers else 0)
 
 
 class RemoteIterableDataset(IterableDataset):
@@ -54,8 +82,8 @@ class RemoteIterableDataset(IterableDataset):
     num_instances: int
         Number of instances in the group.
     max_items: int or None
-        Stop after this many items in total (split over DataLoader workers); None: until
-        every instance finishes.
+        Stop after this many items in total, whatever the number of DataLoader workers
+        (split over the workers that own an instance); None: until every instance finishes.
     item_transform: callable or None
         Applied to every item dict before it is yielded (runs in the DataLoader worker).
     timeout: float
@@ -140,8 +168,7 @@ class RemoteIterableDataset(IterableDataset):
         self._connect()
         info = get_worker_info()
         n, k = (info.num_workers, info.id) if info else (1, 0)
-        btids = [b for i, b in enumerate(self.btids) if i % n == k]
-        budget = _split(self.max_items, n, k)
+        btids, budget = worker_share(self.btids, self.max_items, n, k)
         return self._items(btids, budget)
 
     def _items(self, btids: list[int], budget: Optional[int]) -> Iterator[Any]:
@@ -149,6 +176,10 @@ class RemoteIterableDataset(IterableDataset):
             return
         actors = {b: ray.get_actor(actor_name(self.group, b), namespace=self.namespace) for b in btids}
         gens = {self._open_stream(actors[b]): b for b in btids}
+        # Fair start: give every stream a moment to deliver its first object, so that the
+        # round-robin below starts with all instances instead of draining the backlog of
+        # the one whose stream happened to open first.
+        ray.wait(list(gens), num_returns=len(gens), timeout=min(self.timeout, FAIR_START_S))
         rings: dict = {}
         remaining = budget
         recorder = None
@@ -158,13 +189,15 @@ class RemoteIterableDataset(IterableDataset):
             recorder = Recorder(self.record_to)
         try:
             while gens:
-                ready, _ = ray.wait(list(gens), num_returns=1, timeout=self.timeout)
-                if not ready:
+                gen = self._next_ready(gens)
+                if gen is None:
                     raise self._timeout_error(actors, list(gens.values()))
-                gen = ready[0]
+                # Round-robin: the instance just read goes to the back of the order.
+                gens[gen] = gens.pop(gen)
                 try:
                     ref = next(gen)
-                    batch = ray.get(ref)  # raises the instance's error (e.g. BlenderCrashedError)
+                    with own_errors():  # the instance's error (e.g. BlenderCrashedError) as itself
+                        batch = ray.get(ref)
                     if is_ring_header(batch):
                         rings[gen] = ShmRing(batch["__btr_ring__"], batch["slots"], batch["slot_bytes"], create=False)
                         # Both sides have it mapped now: unlinking means its memory is freed with
@@ -202,6 +235,19 @@ class RemoteIterableDataset(IterableDataset):
                     ray.cancel(gen)
                 except Exception:  # noqa: BLE001 - the actor may be gone already
                     pass
+
+    def _next_ready(self, gens: dict) -> Any:
+        """The first stream, in ``gens``' order, with a batch ready; waits up to ``timeout``
+        for one if none is (None then). ``ray.wait(num_returns=1)`` alone would not do:
+        it picks among ready streams in no particular order."""
+        order = list(gens)
+        ready, _ = ray.wait(order, num_returns=len(order), timeout=0)
+        if not ready:
+            ready, _ = ray.wait(order, num_returns=1, timeout=self.timeout)
+            if not ready:
+                return None
+        ready_set = set(ready)
+        return next(g for g in order if g in ready_set)
 
     def _reconnect(self, actor: Any, btid: int, cause: BaseException) -> Any:
         """Wait for a recreated actor to be ready again and open a new stream on it."""

@@ -14,7 +14,7 @@ import ray
 from blendtorch_ray.actor import InstanceHealth, RemoteBlenderActor
 from blendtorch_ray.blender import find_blender
 from blendtorch_ray.config import LaunchConfig
-from blendtorch_ray.errors import BlenderStartError
+from blendtorch_ray.errors import BlenderStartError, own_errors
 from blendtorch_ray.prestart import can_prestart, prestart
 from blendtorch_ray.runtime import ensure_ray
 
@@ -38,6 +38,23 @@ def check_capacity(cfg: LaunchConfig) -> None:
             "(e.g. `ray start --resources='{\"blender\": 4}'`), or pass wait_for_resources=True "
             "on an autoscaling cluster"
         )
+
+
+def default_num_cpus(num_instances: int) -> float:
+    """CPUs per instance when ``LaunchConfig.num_cpus`` is None.
+
+    Args:
+        num_instances: Instances in the group.
+
+    Returns:
+        1.0 on a cluster of several nodes; on a single node (local mode)
+        ``min(1, CPUs / num_instances)`` rounded down to 1/100, so the group fits.
+    """
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    if len(alive) != 1:
+        return 1.0
+    cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    return min(1.0, int(100 * cpus / num_instances) / 100)
 
 
 def _prefetch_consumer_imports() -> None:
@@ -107,6 +124,8 @@ class BlenderLauncher:
         self._prestarted = list(prestarted.values())
         try:
             ensure_ray(namespace=self.namespace)
+            if cfg.num_cpus is None:
+                cfg = self.config = replace(cfg, num_cpus=default_num_cpus(cfg.num_instances))
             if not cfg.wait_for_resources:
                 check_capacity(cfg)
         except BaseException:
@@ -129,7 +148,8 @@ class BlenderLauncher:
             refs = [a.wait_ready.remote() for a in self.actors]
             timeout = None if cfg.wait_for_resources else cfg.ready_timeout + 60
             try:
-                self.ready_info = ray.get(refs, timeout=timeout)
+                with own_errors():
+                    self.ready_info = ray.get(refs, timeout=timeout)
             except ray.exceptions.GetTimeoutError:
                 raise BlenderStartError(
                     f"group {self.name!r}: not every instance was scheduled and ready within "

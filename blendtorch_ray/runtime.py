@@ -14,8 +14,9 @@ WORKER_NICENESS = 0
 def ensure_ray(address: Optional[str] = None, namespace: Optional[str] = None, **init_kwargs) -> None:
     """``ray.init`` unless already connected.
 
-    With ``address=None`` and no ``RAY_ADDRESS`` set, this starts a local single-node Ray
-    (local mode); ``"auto"`` or ``"ray://..."`` connect to a running cluster.
+    With ``address=None`` and no ``RAY_ADDRESS`` set, this starts a new local single-node Ray
+    (local mode), even if a cluster started with ``ray start`` runs on this machine;
+    ``"auto"`` or ``"ray://..."`` connect to a running cluster.
 
     A local Ray is started with worker niceness 0 (``RAY_worker_niceness`` overrides it).
     Ray's default of 15 lowers the priority of every actor and of the Blender processes
@@ -30,6 +31,10 @@ def ensure_ray(address: Optional[str] = None, namespace: Optional[str] = None, *
     kwargs = dict(init_kwargs)
     kwargs.setdefault("log_to_driver", True)
     if address is None:
+        # "local": always a new single-node Ray. Plain ray.init() would instead join the last
+        # cluster `ray start` (or ray.cluster_utils) left on this machine, where a
+        # _system_config is refused; pass address="auto" or set RAY_ADDRESS to join one.
+        address = "local"
         kwargs.setdefault("include_dashboard", False)
         if "RAY_worker_niceness" not in os.environ:
             system_config = dict(kwargs.get("_system_config") or {})
