@@ -58,16 +58,50 @@ def test_handmade_masks_round_trip():
     assert anns[9]["num_keypoints"] == 2
 
 
-def test_ground_truth_scores_perfectly_in_cocoeval():
-    coco = load(to_coco([handmade_item(), handmade_item()]))
+def perturbed_item(box_shift: int = 0, drop_ring: bool = False) -> dict:
+    """``handmade_item`` with its box moved ``box_shift`` pixels right and/or its ring removed."""
+    item = handmade_item()
+    inst = item["instance"]
+    if box_shift:
+        inst[inst == 4] = 0
+        inst[5:15, 10 + box_shift : 30 + box_shift] = 4
+    if drop_ring:
+        inst[inst == 9] = 0
+    item["semantic"] = np.select([inst == 4, inst == 9], [2, 5], 0)
+    del item["keypoints"], item["keypoint_ids"]
+    return item
+
+
+def segm_stats(truth: list, detected: list) -> np.ndarray:
+    """COCOeval "segm" stats of the masks exported from ``detected`` (score 1) against the
+    ground truth exported from ``truth`` (same image order, so the same image ids)."""
+    coco = load(to_coco(truth))
     dets = [dict(image_id=a["image_id"], category_id=a["category_id"], segmentation=a["segmentation"], score=1.0)
-            for a in coco.dataset["annotations"]]
+            for a in to_coco(detected)["annotations"]]
     with contextlib.redirect_stdout(io.StringIO()):
         ev = COCOeval(coco, coco.loadRes(dets), "segm")
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    assert ev.stats[0] == pytest.approx(1.0)
+    return ev.stats
+
+
+def test_ground_truth_scores_perfectly_in_cocoeval():
+    stats = segm_stats([handmade_item(), handmade_item()], [handmade_item(), handmade_item()])
+    assert stats[0] == pytest.approx(1.0)
+
+
+def test_perturbed_detections_score_the_known_lower_ap():
+    """The exported masks are what COCOeval measures: a box moved 3 px right has IoU 17/23 =
+    0.74 with its truth, a hit at the IoU thresholds 0.50-0.70 and a miss at 0.75-0.95, so the
+    box class scores AP 0.5 and the mean over the two classes 0.75 (AP50 1, AP75 0.5)."""
+    truth = [handmade_item(), handmade_item()]
+    stats = segm_stats(truth, [perturbed_item(box_shift=3), perturbed_item(box_shift=3)])
+    assert stats[0] == pytest.approx(0.75) and stats[1] == pytest.approx(1.0) and stats[2] == pytest.approx(0.5)
+    # The ring found in one of two images: recall 0.5 at precision 1, which is 51 of COCO's
+    # 101 recall points (0.00-0.50), at every IoU threshold; the box class stays at 1.
+    stats = segm_stats(truth, [handmade_item(), perturbed_item(drop_ring=True)])
+    assert stats[0] == pytest.approx((1 + 51 / 101) / 2)
 
 
 def test_bad_items_are_explained():

@@ -81,6 +81,11 @@ def test_bounded_dataset_has_exactly_n_items_with_columns(cubes):
     assert {r["btid"] for r in rows} == {0, 1}
     keys = [(r["btid"], r["epoch"], r["seq"]) for r in rows]
     assert len(set(keys)) == len(keys), "an item was read twice"
+    for r in rows:  # the cube is where its row's corners say: the mean corner (inside its
+        # silhouette) has another colour than the image corner (background)
+        x, y = np.floor(r["xy"].mean(axis=0)).astype(int)
+        rgb = r["image"][..., :3]
+        assert (rgb[y, x] != rgb[0, 0]).any(), f"no cube at ({x}, {y}) in item {r['btid'], r['seq']}"
 
 
 @pytest.mark.blender
@@ -120,7 +125,9 @@ def test_write_numpy_and_parquet(cubes, tmp_path):
     cubes.ray_dataset(10, columns=["image", "xy"]).write_numpy(str(tmp_path / "npy"), column="image")
     images = np.concatenate([np.load(p) for p in sorted((tmp_path / "npy").glob("*.npy"))])
     assert images.shape == (10, H, W, 4) and images.dtype == np.uint8
-    assert images.max() > 0, "rendered images are all black"
+    rgb = images[..., :3]  # alpha is 255 everywhere
+    assert all(len(np.unique(im.reshape(-1, 3), axis=0)) > 1 for im in rgb), "an image is one flat colour"
+    assert len({im.tobytes() for im in rgb}) == 10, "the same image was written twice"
 
     cubes.ray_dataset(10, columns=["xy", "btid", "seq"]).write_parquet(str(tmp_path / "pq"))
     table = pq.read_table(str(tmp_path / "pq"))
