@@ -279,7 +279,7 @@ class BlenderActor:
             return self._receiver.recv(timeout_ms)
         except codec.CodecError as exc:
             self.dropped += 1
-            self._warn(f"dropped a malformed message: {exc}")
+            self._warn(f"dropped a message: {exc}")
             return None
 
     def _warn(self, text: str) -> None:

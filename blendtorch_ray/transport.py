@@ -93,8 +93,10 @@ class ItemReceiver:
     """PULL socket bound on ``ipc://`` in a private directory (or tcp on 127.0.0.1).
 
     ``recv(timeout_ms)`` returns ``(header, obj)`` or None on timeout. Messages that are
-    malformed, truncated or larger than ``max_message_bytes`` raise ``codec.CodecError``
-    and are dropped; the socket stays usable.
+    malformed, truncated or larger than ``max_message_bytes`` (all frames together) raise
+    ``codec.CodecError`` and are dropped; the socket stays usable. The size is checked after
+    receipt, not with ZeroMQ's MAXMSGSIZE: that one disconnects the sender mid-message, and
+    the message vanishes without anybody hearing of it.
     """
 
     def __init__(
@@ -108,7 +110,7 @@ class ItemReceiver:
         self.sock = self._ctx.socket(zmq.PULL)
         self.sock.setsockopt(zmq.RCVHWM, recv_hwm)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        self.max_message_bytes = max_message_bytes
         if transport == "ipc":
             if directory is None:
                 raise ValueError("ipc transport needs a private directory")
@@ -136,6 +138,7 @@ class ItemReceiver:
             raise codec.CodecError(f"truncated message: {len(bufs)} frame(s), need at least 2")
         header = codec.decode_header(bufs[0])
         if "slot" not in header:
+            self._check_size(bufs)
             return header, codec.decode_body(header, bufs)
         # The arrays are in a shared-memory slot: decode them in place. The caller must
         # release(header) once nothing uses them any more (after the batch has left).
@@ -145,10 +148,21 @@ class ItemReceiver:
             raise codec.CodecError(f"message names shared-memory slot {header['slot']!r}, which is not a full slot of this instance")
         header["slot_file"] = self.slots
         try:
+            self._check_size(bufs)
             return header, codec.decode_body(header, bufs + views)
         except codec.CodecError:
             self.release(header)
             raise
+
+    def _check_size(self, bufs: list) -> None:
+        """Raise ``codec.CodecError`` when the frames on the socket add up to more than
+        ``max_message_bytes`` (arrays in a shared-memory slot do not count)."""
+        size = sum(b.nbytes for b in bufs)
+        if size > self.max_message_bytes:
+            raise codec.CodecError(
+                f"oversized message: {size} bytes ({size / 2**20:.1f} MiB) over max_message_mb="
+                f"{self.max_message_bytes / 2**20:g}; raise max_message_mb (or item_slot_mb, so "
+                "that the item's arrays go through a shared-memory slot)")
 
     @staticmethod
     def release(header: dict) -> None:
