@@ -204,7 +204,7 @@ class IdRender:
         """Render the id image to ``path`` (OpenEXR) and return it as (H, W) int32."""
         import bpy
 
-        from blender_worker.render import read_exr
+        from blender_worker.readers import read_exr
 
         sc = self.scene
         shading, r = sc.display.shading, sc.render

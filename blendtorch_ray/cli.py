@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from blendtorch_ray.validation import cli_int, cli_positive_float
 
@@ -99,7 +99,7 @@ def add_record(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    from blendtorch_ray.recording import ReplayDataset, record_stream
+    from blendtorch_ray.recording import ReplayDataset
 
     if args.items < 1:
         raise SystemExit("--items must be >= 1")
@@ -121,6 +121,43 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 
 COMMANDS.append(add_record)
+
+
+def record_stream(
+    directory: str,
+    items: int,
+    script: Optional[str] = None,
+    num_instances: int = 1,
+    instance_args: Optional[list[str]] = None,
+    progress: bool = True,
+    max_items_per_shard: int = 1000,
+    **launch_options: Any,
+) -> Any:
+    """Launch ``script`` (default: the bundled cube scene) and record ``items`` items.
+
+    Used by ``blendtorch-ray record``; returns the closed recorder (``shards``, ``items``).
+    """
+    from tqdm import tqdm
+
+    from blender_worker.scenes import CUBE
+    from blendtorch_ray.launcher import BlenderLauncher
+    from blendtorch_ray.recording import Recorder
+
+    args = list(instance_args or [])
+    with BlenderLauncher(
+        script=script or CUBE,
+        num_instances=num_instances,
+        instance_args=[args] * num_instances,
+        **launch_options,
+    ) as launcher:
+        ds = launcher.dataset(max_items=items)
+        with Recorder(directory, max_items_per_shard=max_items_per_shard) as rec, tqdm(
+            total=items, unit="item", desc="recording", disable=not progress
+        ) as bar:
+            for item in ds:
+                rec.write(item)
+                bar.update(1)
+    return rec
 
 
 def add_coco(sub: argparse._SubParsersAction) -> None:

@@ -73,13 +73,15 @@ class LaunchConfig:
     """Largest item (its arrays' bytes) that goes through a shared-memory slot; larger ones go
     through the socket. Slots take memory only as far as they are written to."""
     max_message_mb: float = 1024.0
-    """Messages larger than this are refused by the actor's socket (the sender is dropped)."""
+    """Messages larger than this (the bytes that cross the socket; arrays in shared-memory
+    slots do not count) are dropped by the actor, counted in ``health().dropped_messages``
+    and warned about; the stream goes on with the next item."""
     codec: str = "pickle"
     """Item codec: "pickle" (any object) or "json" (arrays + JSON-able values, no pickle)."""
     num_cpus: Optional[float] = None
     """CPUs reserved per instance's actor. None (the default): 1 on a multi-node cluster; on
-    a single node (local mode), ``min(1, CPUs / num_instances)``, so that a group of any size
-    fits a workstation (4 instances on a 2-core machine get 0.5 each)."""
+    a single node (local mode), ``min(1, CPUs / num_instances)`` but at least 0.25, so that a
+    group fits a workstation (4 instances on a 2-core machine get 0.5 each)."""
     num_gpus: float = 0.0
     """GPUs per instance; the assigned GPU is handed to Blender via CUDA_VISIBLE_DEVICES."""
     resources: dict = field(default_factory=dict)

@@ -16,19 +16,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-import warnings
-from collections.abc import Mapping
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-import numpy as np
 import ray
-import torch
-from torch.utils.data import IterableDataset, default_collate, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 from blendtorch_ray.errors import BlendtorchError, StreamTimeout, own_errors
-from blendtorch_ray.launcher import actor_name
-from blendtorch_ray.runtime import ensure_ray, gcs_address
-from blendtorch_ray.shm_ring import ShmRing, is_ring_batch, is_ring_header, ring_block
+from blendtorch_ray.loader import collate, make_loader  # noqa: F401 - re-exported here too
+from blendtorch_ray.runtime import actor_name, ensure_ray, gcs_address
+from blendtorch_ray.shm_ring import ShmRing, is_ring_batch, is_ring_header
 
 log = logging.getLogger("blendtorch_ray")
 
@@ -299,42 +295,3 @@ class RemoteIterableDataset(IterableDataset):
             log_tail="\n".join(tails),
         )
 
-
-def collate(batch: list) -> Any:
-    """Collate items into a batch: like ``default_collate``, but numpy arrays are stacked
-    with ``np.stack`` (5x faster than torch's per-item ``as_tensor`` + ``stack`` here) and
-    the warning about read-only arrays is not raised (Ray's zero-copy arrays are read-only;
-    stacking copies them anyway). Rows that the shared-memory ring already copied out as
-    one block are returned as that block, without a second copy (so a batch and the items
-    it was made of share memory; arrays from anywhere else are always copied)."""
-    elem = batch[0]
-    if isinstance(elem, np.ndarray) and elem.dtype != object:
-        if all(isinstance(b, np.ndarray) and b.shape == elem.shape and b.dtype == elem.dtype for b in batch):
-            rows = _consecutive_rows(batch)
-            return torch.from_numpy(rows if rows is not None else np.stack(batch))
-    if isinstance(elem, Mapping) and all(isinstance(b, Mapping) and b.keys() == elem.keys() for b in batch):
-        return {key: collate([b[key] for b in batch]) for key in elem}
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return default_collate(batch)
-
-
-def _consecutive_rows(arrays: list) -> Optional[np.ndarray]:
-    """If ``arrays`` are consecutive rows ``block[k], block[k+1], ...`` of a block that
-    ``ShmRing.take`` copied out of the ring, return ``block[k:k+n]``: the batch already
-    exists, stacking would only copy it again. Otherwise (any other array) None."""
-    block = ring_block(arrays[0])
-    if block is None or not block.flags.c_contiguous or block.shape[1:] != arrays[0].shape:
-        return None
-    row = block.strides[0]
-    start = arrays[0].__array_interface__["data"][0] - block.__array_interface__["data"][0]
-    if start % row or start // row + len(arrays) > block.shape[0]:
-        return None
-    k = start // row
-    for j, a in enumerate(arrays):
-        if a.base is not block or not a.flags.c_contiguous or a.__array_interface__["data"][0] != block.__array_interface__["data"][0] + (k + j) * row:
-            return None
-    return block[k : k + len(arrays)]
-
-
-from blendtorch_ray.loader import make_loader  # noqa: E402,F401 - re-exported here too

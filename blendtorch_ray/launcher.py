@@ -16,7 +16,7 @@ from blendtorch_ray.blender import find_blender
 from blendtorch_ray.config import LaunchConfig
 from blendtorch_ray.errors import BlenderStartError, own_errors
 from blendtorch_ray.prestart import can_prestart, prestart
-from blendtorch_ray.runtime import ensure_ray
+from blendtorch_ray.runtime import actor_name, ensure_ray
 
 log = logging.getLogger("blendtorch_ray")
 
@@ -40,6 +40,10 @@ def check_capacity(cfg: LaunchConfig) -> None:
         )
 
 
+MIN_LOCAL_CPUS = 0.25
+"""Smallest default CPU share per instance in local mode (4 Blenders per core)."""
+
+
 def default_num_cpus(num_instances: int) -> float:
     """CPUs per instance when ``LaunchConfig.num_cpus`` is None.
 
@@ -48,13 +52,14 @@ def default_num_cpus(num_instances: int) -> float:
 
     Returns:
         1.0 on a cluster of several nodes; on a single node (local mode)
-        ``min(1, CPUs / num_instances)`` rounded down to 1/100, so the group fits.
+        ``min(1, CPUs / num_instances)`` rounded down to 1/100, so the group fits, but never
+        below ``MIN_LOCAL_CPUS``: a group far too large for the machine is still refused.
     """
     alive = [n for n in ray.nodes() if n.get("Alive")]
     if len(alive) != 1:
         return 1.0
     cpus = float(ray.cluster_resources().get("CPU", 0.0))
-    return min(1.0, int(100 * cpus / num_instances) / 100)
+    return max(MIN_LOCAL_CPUS, min(1.0, int(100 * cpus / num_instances) / 100))
 
 
 def _prefetch_consumer_imports() -> None:
@@ -74,11 +79,6 @@ def _prefetch_consumer_imports() -> None:
             pass
 
     threading.Thread(target=load, name="btr-prefetch-torch", daemon=True).start()
-
-
-def actor_name(group: str, btid: int) -> str:
-    """The Ray actor name of instance ``btid`` in ``group``."""
-    return f"{group}/{btid}"
 
 
 class BlenderLauncher:

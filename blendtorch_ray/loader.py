@@ -1,24 +1,70 @@
-"""``make_loader``: a DataLoader set up for a blendtorch-ray stream.
+"""Batching a stream: ``make_loader`` (a DataLoader set up for a blendtorch-ray stream) and
+``collate`` (how items become a batch).
 
-Kept apart from ``dataset`` so that ``from blendtorch_ray import make_loader`` does not import
-torch: a script then imports torch while Ray and Blender start (see ``BlenderLauncher.start``).
+Kept apart from ``dataset`` and importing torch only when called, so that
+``from blendtorch_ray import make_loader`` does not import torch: a script then imports torch
+while Ray and Blender start (see ``BlenderLauncher.start``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import numpy as np
+
+from blendtorch_ray.shm_ring import ring_block
 
 
 def make_loader(dataset: Any, batch_size: int = 8, num_workers: int = 0, **kwargs: Any) -> Any:
     """A ``torch.utils.data.DataLoader`` over ``dataset`` (a ``RemoteIterableDataset``) that
-    batches with ``blendtorch_ray.dataset.collate`` and whose workers can use Ray
+    batches with ``collate`` (below) and whose workers can use Ray
     (forkserver start method when ``num_workers > 0``)."""
     from torch.utils.data import DataLoader
-
-    from blendtorch_ray.dataset import collate
 
     kwargs.setdefault("collate_fn", collate)
     if num_workers > 0:
         kwargs.setdefault("multiprocessing_context", "forkserver")
         kwargs.setdefault("persistent_workers", False)
     return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, **kwargs)
+
+
+def collate(batch: list) -> Any:
+    """Collate items into a batch: like ``default_collate``, but numpy arrays are stacked
+    with ``np.stack`` (5x faster than torch's per-item ``as_tensor`` + ``stack`` here) and
+    the warning about read-only arrays is not raised (Ray's zero-copy arrays are read-only;
+    stacking copies them anyway). Rows that the shared-memory ring already copied out as
+    one block are returned as that block, without a second copy (so a batch and the items
+    it was made of share memory; arrays from anywhere else are always copied)."""
+    import torch
+    from torch.utils.data import default_collate
+
+    elem = batch[0]
+    if isinstance(elem, np.ndarray) and elem.dtype != object:
+        if all(isinstance(b, np.ndarray) and b.shape == elem.shape and b.dtype == elem.dtype for b in batch):
+            rows = _consecutive_rows(batch)
+            return torch.from_numpy(rows if rows is not None else np.stack(batch))
+    if isinstance(elem, Mapping) and all(isinstance(b, Mapping) and b.keys() == elem.keys() for b in batch):
+        return {key: collate([b[key] for b in batch]) for key in elem}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return default_collate(batch)
+
+
+def _consecutive_rows(arrays: list) -> Optional[np.ndarray]:
+    """If ``arrays`` are consecutive rows ``block[k], block[k+1], ...`` of a block that
+    ``ShmRing.take`` copied out of the ring, return ``block[k:k+n]``: the batch already
+    exists, stacking would only copy it again. Otherwise (any other array) None."""
+    block = ring_block(arrays[0])
+    if block is None or not block.flags.c_contiguous or block.shape[1:] != arrays[0].shape:
+        return None
+    row = block.strides[0]
+    start = arrays[0].__array_interface__["data"][0] - block.__array_interface__["data"][0]
+    if start % row or start // row + len(arrays) > block.shape[0]:
+        return None
+    k = start // row
+    for j, a in enumerate(arrays):
+        if a.base is not block or not a.flags.c_contiguous or a.__array_interface__["data"][0] != block.__array_interface__["data"][0] + (k + j) * row:
+            return None
+    return block[k : k + len(arrays)]

@@ -312,39 +312,3 @@ class ReplayDataset(Dataset):
         for f in self._files.values():
             f.close()
         self._files = {}
-
-
-def record_stream(
-    directory: str,
-    items: int,
-    script: Optional[str] = None,
-    num_instances: int = 1,
-    instance_args: Optional[list[str]] = None,
-    progress: bool = True,
-    max_items_per_shard: int = 1000,
-    **launch_options: Any,
-) -> Recorder:
-    """Launch ``script`` (default: the bundled cube scene) and record ``items`` items.
-
-    Used by ``blendtorch-ray record``; returns the closed recorder (``shards``, ``items``).
-    """
-    from tqdm import tqdm
-
-    from blender_worker.scenes import CUBE
-    from blendtorch_ray.launcher import BlenderLauncher
-
-    args = list(instance_args or [])
-    with BlenderLauncher(
-        script=script or CUBE,
-        num_instances=num_instances,
-        instance_args=[args] * num_instances,
-        **launch_options,
-    ) as launcher:
-        ds = launcher.dataset(max_items=items)
-        with Recorder(directory, max_items_per_shard=max_items_per_shard) as rec, tqdm(
-            total=items, unit="item", desc="recording", disable=not progress
-        ) as bar:
-            for item in ds:
-                rec.write(item)
-                bar.update(1)
-    return rec

@@ -1,4 +1,5 @@
-"""Connect to Ray: the embedded local mode by default, or a running cluster."""
+"""Connect to Ray (the embedded local mode by default, or a running cluster) and name the
+group's actors there."""
 
 from __future__ import annotations
 
@@ -46,3 +47,16 @@ def ensure_ray(address: Optional[str] = None, namespace: Optional[str] = None, *
 def gcs_address() -> str:
     """Address other processes (DataLoader workers, other drivers) use to join this Ray."""
     return ray.get_runtime_context().gcs_address
+
+
+def actor_name(group: str, btid: int) -> str:
+    """The Ray actor name of instance ``btid`` in ``group``.
+
+    Args:
+        group: The group's name (``LaunchConfig.name``).
+        btid: The instance id.
+
+    Returns:
+        ``"{group}/{btid}"``, looked up in the group's namespace.
+    """
+    return f"{group}/{btid}"

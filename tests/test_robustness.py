@@ -66,6 +66,9 @@ def test_missing_blender_binary_and_oversized_groups_fail_fast(ray_session, tmp_
     with pytest.raises(ValueError, match=r"do not fit in this Ray cluster \(blender: need 2, cluster has 0\)"):
         BlenderLauncher(script=str(TEST_SCRIPTS / "forever.py"), num_instances=2, resources={"blender": 1}).start()
     with pytest.raises(ValueError, match="CPU: need 1000"):
+        BlenderLauncher(script=str(TEST_SCRIPTS / "forever.py"), num_instances=1000, num_cpus=1).start()
+    # The local-mode default share (min(1, CPUs / instances)) has a floor of 0.25 per instance.
+    with pytest.raises(ValueError, match="CPU: need 250"):
         BlenderLauncher(script=str(TEST_SCRIPTS / "forever.py"), num_instances=1000).start()
 
 
