@@ -34,12 +34,12 @@ from blendtorch_ray.duplex import ControlEndpoint
 from blendtorch_ray.errors import BlenderCrashedError, BlenderStartError
 from blendtorch_ray.process import BlenderProcess
 from blendtorch_ray.transport import (
-    SHM_MIN_FREE,
     ItemReceiver,
     PrivateDir,
     has_shared_memory_room,
     memory_dir,
     owned_prefix,
+    shm_min_free,
     sweep_stale_dirs,
 )
 
@@ -190,7 +190,7 @@ class BlenderActor:
         self._t_first: Optional[float] = None
         self._t_last: Optional[float] = None
         if (config.shared_memory_hop or config.shared_memory_ring) and not has_shared_memory_room(self._mem_dir.path):
-            self._warn(f"shared-memory paths off: less than {SHM_MIN_FREE // 2**20} MiB free in "
+            self._warn(f"shared-memory paths off: less than {shm_min_free() // 2**20} MiB free in "
                        f"{os.path.dirname(self._mem_dir.path)}; raise it (docker run --shm-size=2g) for speed")
         self._gpu_env = self._gpu_environment()
         if prestarted is not None:

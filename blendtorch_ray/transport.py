@@ -26,13 +26,20 @@ SHM_MIN_FREE = 256 * 2**20
 full tmpfs (Docker's default /dev/shm is 64 MB) kills the writer with SIGBUS."""
 
 
+def shm_min_free() -> int:
+    """Free bytes the shared-memory paths need: ``$BLENDTORCH_SHM_MIN_FREE`` if set, else
+    SHM_MIN_FREE. Read where the decision is taken (the actor's process; a prestarting driver)."""
+    value = os.environ.get("BLENDTORCH_SHM_MIN_FREE")
+    return int(value) if value else SHM_MIN_FREE
+
+
 def has_shared_memory_room(path: str) -> bool:
-    """Whether the filesystem of ``path`` has room for the shared-memory paths (see SHM_MIN_FREE)."""
+    """Whether the filesystem of ``path`` has room for the shared-memory paths (see shm_min_free)."""
     try:
         st = os.statvfs(path)
     except OSError:
         return False
-    return st.f_bavail * st.f_frsize >= SHM_MIN_FREE
+    return st.f_bavail * st.f_frsize >= shm_min_free()
 
 
 def owned_prefix(kind: str) -> str:
