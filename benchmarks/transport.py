@@ -94,7 +94,7 @@ def naive_relay(n: int, shape: tuple, loader_batch: int = 8) -> tuple[int, float
     import ray
     import torch
 
-    from blender_worker import codec
+    from blender_worker.protocol import KIND_ITEM
     from blendtorch_ray.actor import BlenderActor
     from blendtorch_ray.config import LaunchConfig
     from blendtorch_ray.dataset import collate
@@ -103,7 +103,7 @@ def naive_relay(n: int, shape: tuple, loader_batch: int = 8) -> tuple[int, float
         def next_frame(self) -> dict:
             while True:
                 msg = self._recv(1000)
-                if msg is not None and msg[0].get("kind") == codec.KIND_ITEM:
+                if msg is not None and msg[0].get("kind") == KIND_ITEM:
                     return msg[1]  # returned values go to the object store: one put per frame
 
     class Frames(torch.utils.data.IterableDataset):

@@ -25,12 +25,21 @@ from blender_worker.signals import Signal
 class AnimationController:
     """Play the scene's animation (and physics) for a number of episodes, invoking signals.
 
-    Example::
+    The signals (`blender_worker.signals.Signal`) are ``pre_play``, ``pre_animation``,
+    ``pre_frame``, ``post_frame``, ``post_animation`` and ``post_play``, fired in the order
+    the module docstring shows. ``episode`` counts finished episodes, ``frameid`` is the
+    frame being processed.
 
-        anim = AnimationController()
-        anim.pre_frame.add(randomize_scene)
-        anim.post_frame.add(lambda: pub.publish(**renderer.render()))
-        anim.play(frame_range=(1, 10), num_episodes=-1)
+    Args:
+        scene: The scene to play; None: the current scene.
+
+    Example:
+        Randomize before and publish after every frame, forever::
+
+            anim = AnimationController()
+            anim.pre_frame.add(randomize_scene)
+            anim.post_frame.add(lambda: pub.publish(**renderer.render()))
+            anim.play(frame_range=(1, 10), num_episodes=-1)
     """
 
     def __init__(self, scene: Optional["bpy.types.Scene"] = None) -> None:
@@ -47,6 +56,7 @@ class AnimationController:
 
     @property
     def frame_range(self) -> tuple[int, int]:
+        """The scene's ``(frame_start, frame_end)``; ``play`` sets it to its ``frame_range``."""
         return self.scene.frame_start, self.scene.frame_end
 
     def stop(self) -> None:

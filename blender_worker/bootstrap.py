@@ -28,10 +28,12 @@ def main(argv: list[str]) -> int:
         return 2
     script = ours[0]
     # Arm the lifeline before the (slow) bpy import so that Blender never outlives its parent.
-    if "--btparent" in script_args:
+    from blender_worker.protocol import PARENT_FLAG
+
+    if PARENT_FLAG in script_args:
         from blender_worker.lifeline import watch_parent
 
-        watch_parent(int(script_args[script_args.index("--btparent") + 1]))
+        watch_parent(int(script_args[script_args.index(PARENT_FLAG) + 1]))
     import bpy
 
     if blend:

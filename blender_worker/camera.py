@@ -41,6 +41,22 @@ class Camera:
 
     Call ``update_view_matrix()`` after moving the camera by other means than
     ``look_at``, and ``update_proj_matrix()`` after changing lens or resolution.
+    ``view_matrix`` (world to camera) and ``proj_matrix`` (camera to clip, OpenGL) are
+    4x4 numpy arrays.
+
+    Args:
+        bpy_camera: The camera object; None: the scene's active camera.
+        shape: ``(height, width)`` of the image in pixels; None: from the render settings.
+
+    Raises:
+        ValueError: No camera given and the scene has no active camera.
+
+    Example:
+        Pixel coordinates of an object's box corners, and its 2D box::
+
+            cam = Camera()
+            corners = cam.bbox_object_to_pixel(bpy.data.objects["Cube"])   # (8, 2)
+            box = cam.box2d(bpy.data.objects["Cube"])                      # (x0, y0, x1, y1)
     """
 
     def __init__(self, bpy_camera: Optional["bpy.types.Object"] = None, shape: Optional[tuple[int, int]] = None):
@@ -53,7 +69,14 @@ class Camera:
 
     @staticmethod
     def shape_from_bpy(bpy_render: Optional["bpy.types.RenderSettings"] = None) -> tuple[int, int]:
-        """(height, width) of the rendered image, resolution percentage applied."""
+        """(height, width) of the rendered image, resolution percentage applied.
+
+        Args:
+            bpy_render: Render settings; None: the current scene's.
+
+        Returns:
+            ``(height, width)`` in pixels.
+        """
         render = bpy_render or bpy.context.scene.render
         scale = render.resolution_percentage / 100.0
         return int(render.resolution_y * scale), int(render.resolution_x * scale)
@@ -65,6 +88,7 @@ class Camera:
 
     @property
     def clip_range(self) -> tuple[float, float]:
+        """The camera's ``(clip_start, clip_end)`` in scene units."""
         return self.bpy_camera.data.clip_start, self.bpy_camera.data.clip_end
 
     def update_view_matrix(self) -> None:
@@ -80,7 +104,15 @@ class Camera:
         )
 
     def world_to_ndc(self, xyz_world: np.ndarray, return_depth: bool = False):
-        """Project (N, 3) world points to (N, 3) NDC; optionally also return (N,) depth."""
+        """Project world points to normalized device coordinates.
+
+        Args:
+            xyz_world: (N, 3) points (a single point works too).
+            return_depth: Also return the depth (see the module docstring).
+
+        Returns:
+            (N, 3) NDC, or ``(ndc, depth)`` with (N,) depth.
+        """
         xyzw = _hom(np.atleast_2d(np.asarray(xyz_world, dtype=np.float64)))
         cam = xyzw @ self.view_matrix.T
         clip = cam @ self.proj_matrix.T
@@ -90,9 +122,19 @@ class Camera:
         return ndc
 
     def ndc_to_pixel(self, ndc: np.ndarray, origin: str = "upper-left") -> np.ndarray:
-        """Convert (N, >=2) NDC to (N, 2) pixel coordinates (x, y).
+        """Convert NDC to pixel coordinates (x, y).
 
         A pixel centre sits at +0.5: the image spans [0, W] x [0, H].
+
+        Args:
+            ndc: (N, >=2) NDC; only x and y are used.
+            origin: "upper-left" (y down, OpenCV) or "lower-left" (y up).
+
+        Returns:
+            (N, 2) pixel coordinates.
+
+        Raises:
+            ValueError: ``origin`` is neither.
         """
         if origin not in ("upper-left", "lower-left"):
             raise ValueError("origin must be 'upper-left' or 'lower-left'")
@@ -103,23 +145,55 @@ class Camera:
         return xy * np.array([[w, h]])
 
     def world_to_pixel(self, xyz_world: np.ndarray, return_depth: bool = False, origin: str = "upper-left"):
-        """Project (N, 3) world points straight to (N, 2) pixels (and depth)."""
+        """Project world points straight to pixels.
+
+        Args:
+            xyz_world: (N, 3) points.
+            return_depth: Also return the (N,) depth; negative behind the camera.
+            origin: "upper-left" or "lower-left" (see `ndc_to_pixel`).
+
+        Returns:
+            (N, 2) pixel coordinates, or ``(pixels, depth)``.
+        """
         ndc, z = self.world_to_ndc(xyz_world, return_depth=True)
         pix = self.ndc_to_pixel(ndc, origin=origin)
         return (pix, z) if return_depth else pix
 
     def object_to_pixel(self, *objs: "bpy.types.Object", return_depth: bool = False):
-        """Project the evaluated mesh vertices of each object; one (N, 2) array per object."""
+        """Project the evaluated mesh vertices of each object.
+
+        Args:
+            *objs: Mesh objects.
+            return_depth: Also return each vertex's depth.
+
+        Returns:
+            One (N, 2) array (or ``(pixels, depth)``) for one object, else a list of them.
+        """
         out = [self.world_to_pixel(self.object_vertices(obj), return_depth=return_depth) for obj in objs]
         return out[0] if len(out) == 1 else out
 
     def bbox_object_to_pixel(self, *objs: "bpy.types.Object", return_depth: bool = False):
-        """Project the 8 corners of each object's bounding box; (8, 2) per object."""
+        """Project the 8 corners of each object's bounding box (see `bbox3d`).
+
+        Args:
+            *objs: Objects.
+            return_depth: Also return each corner's depth.
+
+        Returns:
+            One (8, 2) array (or ``(pixels, depth)``) for one object, else a list of them.
+        """
         out = [self.world_to_pixel(self.bbox3d(obj), return_depth=return_depth) for obj in objs]
         return out[0] if len(out) == 1 else out
 
     def look_at(self, look_at: Sequence[float] = (0.0, 0.0, 0.0), look_from: Optional[Sequence[float]] = None) -> None:
-        """Point the camera at ``look_at`` from ``look_from`` (default: where it stands), Y up."""
+        """Point the camera at a point, with the world's Y axis up in the image.
+
+        Updates ``view_matrix``.
+
+        Args:
+            look_at: World point to look at.
+            look_from: Where the camera goes; None: where it stands.
+        """
         if look_from is None:
             look_from = self.bpy_camera.location.copy()
         direction = Vector(look_at) - Vector(look_from)
@@ -147,16 +221,29 @@ class Camera:
         )
 
     def extrinsics_opencv(self) -> np.ndarray:
-        """4x4 world-to-camera matrix ``[[R, t], [0, 1]]`` in OpenCV axes: ``x_cam = R @ x_world + t``
-        (``cv2.projectPoints(X, cv2.Rodrigues(R)[0], t, K, None)`` reproduces the projection)."""
+        """The camera's extrinsics in OpenCV axes.
+
+        ``cv2.projectPoints(X, cv2.Rodrigues(R)[0], t, K, None)`` reproduces the projection.
+
+        Returns:
+            4x4 world-to-camera matrix ``[[R, t], [0, 1]]``: ``x_cam = R @ x_world + t``.
+        """
         m = np.eye(4)
         m[:3, :] = BLENDER_TO_OPENCV @ self.view_matrix[:3, :]
         return m
 
     def pytorch3d_cameras(self) -> dict[str, np.ndarray]:
-        """Arguments for ``pytorch3d.renderer.PerspectiveCameras(in_ndc=False, **kw)`` (batch of 1):
-        ``R`` (1, 3, 3) and ``T`` (1, 3) with ``x_view = x_world @ R + T``, ``focal_length`` (1, 2),
-        ``principal_point`` (1, 2), ``image_size`` (1, 2) as (H, W)."""
+        """This camera for PyTorch3D.
+
+        Returns:
+            Arguments for ``pytorch3d.renderer.PerspectiveCameras(in_ndc=False, **kw)``
+            (batch of 1): ``R`` (1, 3, 3) and ``T`` (1, 3) with ``x_view = x_world @ R + T``,
+            ``focal_length`` (1, 2), ``principal_point`` (1, 2), ``image_size`` (1, 2) as
+            (H, W).
+
+        Raises:
+            ValueError: Not a perspective camera.
+        """
         ext = self.extrinsics_opencv()
         K = self.K
         R = (OPENCV_TO_PYTORCH3D @ ext[:3, :3]).T
@@ -170,7 +257,19 @@ class Camera:
         }
 
     def world_to_camera(self, xyz_world: np.ndarray, convention: str = "opencv") -> np.ndarray:
-        """(N, 3) world points in camera coordinates: 'opencv', 'pytorch3d' or 'blender' axes."""
+        """World points in camera coordinates.
+
+        Args:
+            xyz_world: (N, 3) points.
+            convention: Camera axes: 'opencv', 'pytorch3d' or 'blender' (see the module
+                docstring).
+
+        Returns:
+            (N, 3) camera coordinates.
+
+        Raises:
+            ValueError: ``convention`` is unknown.
+        """
         cam = _hom(np.atleast_2d(np.asarray(xyz_world, dtype=np.float64))) @ self.view_matrix.T
         axes = {"blender": np.eye(3), "opencv": BLENDER_TO_OPENCV,
                 "pytorch3d": OPENCV_TO_PYTORCH3D @ BLENDER_TO_OPENCV}
@@ -180,7 +279,14 @@ class Camera:
 
     @staticmethod
     def object_vertices(obj: "bpy.types.Object") -> np.ndarray:
-        """(N, 3) world coordinates of the evaluated mesh vertices of ``obj``."""
+        """World coordinates of the evaluated mesh vertices of an object (modifiers applied).
+
+        Args:
+            obj: A mesh object (or any object that converts to a mesh).
+
+        Returns:
+            (N, 3) world coordinates.
+        """
         ev = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
         mesh = ev.to_mesh()
         try:
@@ -192,15 +298,29 @@ class Camera:
 
     @staticmethod
     def bbox3d(obj: "bpy.types.Object") -> np.ndarray:
-        """(8, 3) world coordinates of the corners of ``obj``'s oriented bounding box, in
-        Blender's ``bound_box`` order (x-, y-, z- corner first)."""
+        """Corners of an object's oriented bounding box.
+
+        Args:
+            obj: The object.
+
+        Returns:
+            (8, 3) world coordinates, in Blender's ``bound_box`` order (x-, y-, z- corner
+            first).
+        """
         m = np.asarray(obj.matrix_world)
         return (_hom(np.array([list(c) for c in obj.bound_box], dtype=np.float64)) @ m.T)[:, :3]
 
     def box2d(self, obj: "bpy.types.Object", clip: bool = True) -> Optional[tuple[float, float, float, float]]:
-        """Tight 2D box ``(x0, y0, x1, y1)`` of the projected mesh vertices, ignoring occlusion
-        (the amodal box); clipped to the image unless ``clip=False``. None if the object is
-        behind the camera or outside the image."""
+        """Tight 2D box of the projected mesh vertices, ignoring occlusion (the amodal box).
+
+        Args:
+            obj: A mesh object.
+            clip: Clip the box to the image.
+
+        Returns:
+            ``(x0, y0, x1, y1)`` in pixels, or None if the object is behind the camera or
+            (clipped) outside the image.
+        """
         pix, z = self.world_to_pixel(self.object_vertices(obj), return_depth=True)
         pix = pix[z > 0]
         if not len(pix):
@@ -216,9 +336,16 @@ class Camera:
         return float(x0), float(y0), float(x1), float(y1)
 
     def occluded(self, xyz_world: np.ndarray, ignore: Sequence["bpy.types.Object"] = (), eps: float = 1e-4) -> np.ndarray:
-        """(N,) bool: is something between the camera and each world point? (scene ray casts;
-        a hit within ``eps`` relative distance of the point, or on an object in ``ignore``,
-        does not count)."""
+        """Whether something lies between the camera and each world point (scene ray casts).
+
+        Args:
+            xyz_world: (N, 3) points.
+            ignore: Objects whose hits do not count (e.g. the object the points are on).
+            eps: A hit within this relative distance of the point does not count.
+
+        Returns:
+            (N,) bool, True where the point is hidden.
+        """
         depsgraph = bpy.context.evaluated_depsgraph_get()
         scene = bpy.context.scene
         origin = Vector(self.bpy_camera.matrix_world.translation)
@@ -240,8 +367,16 @@ class Camera:
         return out
 
     def keypoints(self, xyz_world: np.ndarray, ignore: Sequence["bpy.types.Object"] = ()) -> np.ndarray:
-        """(N, 3) COCO keypoints ``(x, y, v)`` of world points: v = 2 visible, 1 in the image
-        but occluded (ray cast), 0 behind the camera or outside the image (x = y = 0 then)."""
+        """COCO keypoints of world points.
+
+        Args:
+            xyz_world: (N, 3) points.
+            ignore: Objects whose ray-cast hits do not count as occlusion.
+
+        Returns:
+            (N, 3) ``(x, y, v)``: v = 2 visible, 1 in the image but occluded (ray cast),
+            0 behind the camera or outside the image (x = y = 0 then).
+        """
         pts = np.atleast_2d(np.asarray(xyz_world, dtype=np.float64))
         pix, z = self.world_to_pixel(pts, return_depth=True)
         h, w = self.shape
@@ -256,8 +391,16 @@ class Camera:
         return out
 
     def visible_fraction(self, obj: "bpy.types.Object") -> float:
-        """Share of ``obj``'s mesh vertices that are in the image and not hidden by other
-        objects (ray casts): 1.0 fully visible, 0.0 hidden or off screen. Points on the object's
-        own far side count as hidden by itself, so a solid object rarely reaches 1.0."""
+        """Share of an object's mesh vertices that are in the image and not hidden (ray casts).
+
+        Points on the object's own far side count as hidden by itself, so a solid object
+        rarely reaches 1.0.
+
+        Args:
+            obj: A mesh object.
+
+        Returns:
+            1.0 fully visible, 0.0 hidden or off screen.
+        """
         kp = self.keypoints(self.object_vertices(obj))
         return float(np.mean(kp[:, 2] == 2)) if len(kp) else 0.0

@@ -29,7 +29,7 @@ import numpy as np
 VERSION = 1
 CODECS = ("pickle", "json")
 
-from blender_worker.protocol import KIND_END, KIND_ITEM, KIND_READY  # noqa: F401 - re-exported
+from blender_worker.protocol import KIND_ITEM
 
 
 class CodecError(ValueError):

@@ -28,20 +28,8 @@ from typing import Any, Optional
 
 import zmq
 
-from blender_worker import codec
-from blender_worker.arguments import LaunchArgs
-
-KIND_MESSAGE = "control"
-"""Header kind of a trainer -> Blender message."""
-KIND_REPLY = "reply"
-"""Header kind of a Blender -> trainer reply."""
-MSG_ID = "btmsgid"
-"""Reserved payload key carrying the message id."""
-GENERATION = "btgeneration"
-"""Reserved payload key carrying the generation number."""
-REPLY_TO = "btreplyto"
-"""Reserved payload key carrying the id of the answered message (None: unsolicited)."""
-RESERVED = (MSG_ID, GENERATION, REPLY_TO)
+from blender_worker import codec, sockets
+from blender_worker.protocol import GENERATION, KIND_CONTROL, KIND_REPLY, MSG_ID, REPLY_TO, RESERVED_PAYLOAD_KEYS, LaunchArgs
 
 
 @dataclass
@@ -59,13 +47,16 @@ class Message:
 class DuplexChannel:
     """Receive messages from the trainer and send replies, over the actor's control socket.
 
-    Params
-    ------
-    launch: LaunchArgs
-        From ``parse_launch_args()``; gives the control address and instance id.
-    publisher: DataPublisher or None
-        When given, its ``generation`` attribute follows the last received message, so
-        every published item is tagged with the generation it was rendered under.
+    Args:
+        launch: From ``parse_launch_args()``; gives the control address and instance id.
+        publisher: A `blender_worker.publisher.DataPublisher`, or None. When given, its
+            ``generation`` attribute follows the last received message, so every
+            published item is tagged with the generation it was rendered under.
+        linger_ms: How long pending replies may take to flush when the channel closes.
+
+    Raises:
+        ValueError: The instance was launched without a control address (not through
+            ``BlenderLauncher``).
     """
 
     def __init__(self, launch: LaunchArgs, publisher: Any = None, *, linger_ms: int = 2_000) -> None:
@@ -86,19 +77,28 @@ class DuplexChannel:
         atexit.register(self.close)
 
     def recv(self, timeoutms: int = 0) -> Optional[Message]:
-        """Return the next message, or None if none arrives within ``timeoutms`` (0: poll).
+        """The next message from the trainer.
 
         A received message sets ``generation`` (and the publisher's) to its generation.
+
+        Args:
+            timeoutms: Milliseconds to wait; 0 only polls (does not block the frame loop).
+
+        Returns:
+            The `Message`, or None if none arrived within ``timeoutms``.
+
+        Raises:
+            RuntimeError: The channel is closed.
+            CodecError: A message of an unexpected kind arrived.
         """
         if self._closed:
             raise RuntimeError("recv() on a closed DuplexChannel")
         if not self._sock.poll(timeoutms, zmq.POLLIN):
             return None
-        frames = self._sock.recv_multipart(copy=False)
-        header, obj = codec.decode([f.buffer for f in frames])
-        if header.get("kind") != KIND_MESSAGE or not isinstance(obj, dict):
+        header, obj = sockets.recv(self._sock)
+        if header.get("kind") != KIND_CONTROL or not isinstance(obj, dict):
             raise codec.CodecError(f"unexpected control message of kind {header.get('kind')!r}")
-        payload = {k: v for k, v in obj.items() if k not in RESERVED}
+        payload = {k: v for k, v in obj.items() if k not in RESERVED_PAYLOAD_KEYS}
         msg = Message(msg_id=int(obj[MSG_ID]), generation=int(obj[GENERATION]), payload=payload)
         self.generation = msg.generation
         if self.publisher is not None:
@@ -106,19 +106,33 @@ class DuplexChannel:
         return msg
 
     def send(self, *, reply_to: Optional[int] = None, **payload: Any) -> None:
-        """Send a message to the trainer (``reply_to``: id of the message it answers)."""
+        """Send a message to the trainer (``GroupChannel.recv`` returns it as a ``Reply``).
+
+        Args:
+            reply_to: Id of the message this answers; None: unsolicited.
+            **payload: The message (keys other than the reserved ``bt...`` ones).
+
+        Raises:
+            RuntimeError: The channel is closed.
+            ValueError: A payload key is reserved.
+        """
         if self._closed:
             raise RuntimeError("send() on a closed DuplexChannel")
-        bad = [k for k in payload if k in RESERVED]
+        bad = [k for k in payload if k in RESERVED_PAYLOAD_KEYS]
         if bad:
             raise ValueError(f"payload keys {bad} are reserved by the duplex channel; rename them")
         obj = dict(payload)
         obj[REPLY_TO] = reply_to
         obj[GENERATION] = self.generation
-        self._sock.send_multipart(codec.encode(obj, codec=self._codec, kind=KIND_REPLY), copy=False)
+        sockets.send(self._sock, obj, codec_name=self._codec, kind=KIND_REPLY)
 
     def reply(self, msg: Message, **payload: Any) -> None:
-        """Answer ``msg``; the trainer receives the reply with ``msg.msg_id``."""
+        """Answer a message; the trainer receives the reply with ``msg.msg_id``.
+
+        Args:
+            msg: The message from `recv`.
+            **payload: The reply.
+        """
         self.send(reply_to=msg.msg_id, **payload)
 
     def close(self) -> None:

@@ -32,47 +32,19 @@ This module imports only the standard library, numpy, pyzmq and bpy (lazily).
 
 from __future__ import annotations
 
-import argparse
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Generic, Optional, Sequence, TypeVar
+from typing import Any, Generic, Optional, TypeVar
 
 import numpy as np
 import zmq
 
-from blender_worker import codec
-from blender_worker.arguments import LaunchArgs, parse_launch_args
+from blender_worker import sockets
+from blender_worker.protocol import KIND_ENV, EnvArgs, EnvCommand, LaunchArgs, parse_env_args  # noqa: F401 - EnvArgs, parse_env_args re-exported
 
 ObsType = TypeVar("ObsType")
 ActType = TypeVar("ActType")
-
-KIND_ENV = "env"
-"""Message kind of every request and reply on the env channel."""
-
-
-@dataclass(frozen=True)
-class EnvArgs:
-    """Env options the driver passes on Blender's command line (after the launch args)."""
-
-    real_time: bool = False
-    """Free-running simulation instead of one frame per step (``--btrealtime``)."""
-    real_time_fps: Optional[float] = None
-    """Frames per second in real-time mode (``--btfps``); None = the scene's frame rate."""
-
-
-def parse_env_args(argv: Optional[Sequence[str]] = None) -> tuple[LaunchArgs, EnvArgs, list[str]]:
-    """``parse_launch_args`` plus the env options; returns ``(launch, env_args, remainder)``.
-
-    ``remainder`` holds what is left for the script's own ``argparse``.
-    """
-    launch, remainder = parse_launch_args(argv)
-    parser = argparse.ArgumentParser(prog="blender_worker.env", add_help=False)
-    parser.add_argument("--btrealtime", action="store_true")
-    parser.add_argument("--btfps", type=float, default=None)
-    args, rest = parser.parse_known_args(remainder)
-    return launch, EnvArgs(real_time=args.btrealtime, real_time_fps=args.btfps), list(rest)
-
 
 class BaseEnv(Generic[ObsType, ActType]):
     """Base class of a Blender-side environment; subclasses implement the episode logic.
@@ -93,19 +65,19 @@ class BaseEnv(Generic[ObsType, ActType]):
     The base class counts steps and sets ``truncated`` once ``max_episode_steps`` steps were
     taken (when given). ``frameid`` is the current frame, ``steps`` the steps of the episode.
 
-    Params
-    ------
-    launch: LaunchArgs
-        From ``parse_env_args()``; ``control_address`` is where the driver waits.
-    env_args: EnvArgs
-        Stepped or real-time mode (from ``parse_env_args()``).
-    frame_range: tuple[int, int]
-        First frame of every episode and the last frame the scene may reach; the rigid-body
-        cache is sized to it. An episode that reaches the last frame is truncated.
-    max_episode_steps: int, optional
-        Truncate episodes after this many steps.
-    render_settings: RenderSettings, optional
-        Used by the default ``_render()``.
+    Args:
+        launch: From ``parse_env_args()``; ``control_address`` is where the driver waits.
+        env_args: Stepped or real-time mode (from ``parse_env_args()``); None: stepped.
+        frame_range: First frame of every episode and the last frame the scene may reach;
+            the rigid-body cache is sized to it. An episode that reaches the last frame is
+            truncated.
+        max_episode_steps: Truncate episodes after this many steps; None: no limit.
+        render_settings: A `blender_worker.render.RenderSettings` for the default
+            ``_render()``; None: the scene's settings.
+
+    Raises:
+        ValueError: No control address (not launched by ``BlenderEnv``), or
+            ``frame_range`` has fewer than two frames.
     """
 
     def __init__(
@@ -167,7 +139,15 @@ class BaseEnv(Generic[ObsType, ActType]):
 
     # ----------------------------------------------------------------- episode logic
     def reset(self, seed: Optional[int] = None, options: Optional[dict] = None) -> tuple[ObsType, dict]:
-        """Start a new episode at the first frame; returns ``(obs, info)``."""
+        """Start a new episode at the first frame (``run`` calls this for the driver).
+
+        Args:
+            seed: Reseeds ``np_random``; None keeps its state.
+            options: Passed to ``_reset``.
+
+        Returns:
+            ``(obs, info)`` from ``_collect``.
+        """
         if seed is not None:
             self.np_random = np.random.default_rng(seed)
         start = self.frame_range[0]
@@ -182,7 +162,16 @@ class BaseEnv(Generic[ObsType, ActType]):
         return obs, info
 
     def step(self, action: Optional[ActType], apply: bool = True) -> tuple:
-        """Apply ``action`` (unless ``apply`` is False), advance one frame, collect."""
+        """Apply ``action`` (unless ``apply`` is False), advance one frame, collect.
+
+        Args:
+            action: The driver's action, for ``_prepare_step``.
+            apply: False advances without applying an action (real-time mode, no new action).
+
+        Returns:
+            ``(obs, reward, terminated, truncated, info)``; ``truncated`` is also set after
+            ``max_episode_steps`` steps and at the end of ``frame_range``.
+        """
         if apply:
             self._prepare_step(action)
         self.frameid += 1
@@ -199,7 +188,11 @@ class BaseEnv(Generic[ObsType, ActType]):
 
     # ----------------------------------------------------------------- serving
     def run(self, poll_ms: int = 100) -> None:
-        """Serve the driver until it sends ``close`` (or goes away: the lifeline ends us)."""
+        """Serve the driver until it sends ``close`` (or goes away: the lifeline ends us).
+
+        Args:
+            poll_ms: Not used (requests are waited for without a poll interval).
+        """
         ctx = zmq.Context.instance()
         sock = ctx.socket(zmq.REP)
         sock.setsockopt(zmq.LINGER, 1000)
@@ -236,17 +229,17 @@ class BaseEnv(Generic[ObsType, ActType]):
                 wait = max(0.0, next_frame - now) if running else 0.1
                 if poller.poll(int(wait * 1000)):
                     request = _recv(sock)
-                    if request.get("cmd") == "step" and running:
+                    if request.get("cmd") == EnvCommand.STEP and running:
                         pending = request  # its action goes into the next frame
                         continue
-                    if request.get("cmd") == "step" and self._last is not None:
+                    if request.get("cmd") == EnvCommand.STEP and self._last is not None:
                         reply, done = self._last, False  # episode over: repeat its last result
                     else:
                         reply, done = self._handle(request)
                     _send(sock, reply)
                     if done:
                         return
-                    if request.get("cmd") == "reset":
+                    if request.get("cmd") == EnvCommand.RESET:
                         next_frame = time.monotonic() + period
                     continue
             elif next_frame > now:
@@ -264,21 +257,21 @@ class BaseEnv(Generic[ObsType, ActType]):
     def _handle(self, request: dict) -> tuple[Any, bool]:
         """Answer one request; returns ``(reply, close_now)``."""
         cmd = request.get("cmd")
-        if cmd == "hello":
+        if cmd == EnvCommand.HELLO:
             info = {"btid": self.launch.btid, "seed": self.launch.seed, "epoch": self.launch.epoch}
             info["real_time"] = self.env_args.real_time
             return info, False
-        if cmd == "reset":
+        if cmd == EnvCommand.RESET:
             self._last = None
             return self._safe(lambda: self.reset(request.get("seed"), request.get("options"))), False
-        if cmd == "step":
+        if cmd == EnvCommand.STEP:
             if self._episode_over:
                 return {"error": "step() before reset() or after the episode ended; call reset()"}, False
             self._last = self._safe(lambda: self.step(request.get("action")))
             return self._last, False
-        if cmd == "render":
+        if cmd == EnvCommand.RENDER:
             return self._safe(self._render), False
-        if cmd == "close":
+        if cmd == EnvCommand.CLOSE:
             print("blender_worker.env: the driver closed the env", flush=True)
             return {"closed": True}, True
         return {"error": f"unknown command {cmd!r}"}, False
@@ -293,10 +286,8 @@ class BaseEnv(Generic[ObsType, ActType]):
 
 
 def _recv(sock: "zmq.Socket") -> dict:
-    frames = sock.recv_multipart(copy=False)
-    _, obj = codec.decode([f.buffer for f in frames])
-    return obj
+    return sockets.recv(sock)[1]
 
 
 def _send(sock: "zmq.Socket", obj: Any) -> None:
-    sock.send_multipart(codec.encode(obj, codec="pickle", kind=KIND_ENV), copy=False)
+    sockets.send(sock, obj, kind=KIND_ENV)

@@ -54,7 +54,19 @@ CATEGORY_PROP = "category_id"
 
 
 def check_passes(passes: Sequence[str], engine: str) -> tuple[str, ...]:
-    """Validate pass names for ``engine``; returns them as a tuple without duplicates."""
+    """Validate pass names for a render engine.
+
+    Args:
+        passes: Pass names (a single name works too).
+        engine: Blender engine identifier (``scene.render.engine``).
+
+    Returns:
+        The names as a tuple, in order, without duplicates.
+
+    Raises:
+        ValueError: A name is unknown, the engine has no pass support, or it cannot render
+            one of the passes (e.g. normals with Workbench).
+    """
     if isinstance(passes, str):
         passes = (passes,)
     out = tuple(dict.fromkeys(passes))
@@ -74,7 +86,14 @@ def check_passes(passes: Sequence[str], engine: str) -> tuple[str, ...]:
 
 
 def renderable_objects(scene: Optional["bpy.types.Scene"] = None) -> list["bpy.types.Object"]:
-    """Objects of ``scene`` that show up in renders (geometry, not hidden), sorted by name."""
+    """Objects that show up in renders (geometry, not hidden).
+
+    Args:
+        scene: The scene; None: the current scene.
+
+    Returns:
+        The objects, sorted by name.
+    """
     import bpy
 
     scene = scene or bpy.context.scene
@@ -86,7 +105,13 @@ def renderable_objects(scene: Optional["bpy.types.Scene"] = None) -> list["bpy.t
 def assign_instance_ids(scene: Optional["bpy.types.Scene"] = None) -> dict[int, str]:
     """Give every renderable object with ``pass_index == 0`` the next free id (in name order).
 
-    Ids you set yourself (``obj.pass_index = 5``) are kept. Returns ``{id: object name}``.
+    Ids you set yourself (``obj.pass_index = 5``) are kept.
+
+    Args:
+        scene: The scene; None: the current scene.
+
+    Returns:
+        ``{id: object name}`` of every renderable object (see `instance_ids`).
     """
     objs = renderable_objects(scene)
     used = {o.pass_index for o in objs if o.pass_index}
@@ -101,8 +126,15 @@ def assign_instance_ids(scene: Optional["bpy.types.Scene"] = None) -> dict[int, 
 
 
 def instance_ids(scene: Optional["bpy.types.Scene"] = None) -> dict[int, str]:
-    """``{pass_index: object name}`` of the renderable objects (ids shared by several objects
-    map to the first name)."""
+    """The instance ids of the renderable objects.
+
+    Args:
+        scene: The scene; None: the current scene.
+
+    Returns:
+        ``{pass_index: object name}`` (an id shared by several objects maps to the first
+        name); objects with ``pass_index`` 0 are left out.
+    """
     out: dict[int, str] = {}
     for o in renderable_objects(scene):
         if o.pass_index:
@@ -111,7 +143,15 @@ def instance_ids(scene: Optional["bpy.types.Scene"] = None) -> dict[int, str]:
 
 
 def category_of(obj: "bpy.types.Object", prop: str = CATEGORY_PROP) -> int:
-    """Class id of ``obj``: its custom property ``prop``, else that of a collection it is in, else 0."""
+    """Class id of an object, for the 'semantic' pass.
+
+    Args:
+        obj: The object.
+        prop: Name of the custom property that holds the class id.
+
+    Returns:
+        The object's property ``prop``, else that of a collection it is in, else 0.
+    """
     if prop in obj:
         return int(obj[prop])
     for coll in obj.users_collection:
@@ -121,7 +161,15 @@ def category_of(obj: "bpy.types.Object", prop: str = CATEGORY_PROP) -> int:
 
 
 def semantic_lut(scene: Optional["bpy.types.Scene"] = None, prop: str = CATEGORY_PROP) -> np.ndarray:
-    """Lookup table ``lut[instance id] -> class id`` for the renderable objects."""
+    """Lookup table from instance id to class id, for the renderable objects.
+
+    Args:
+        scene: The scene; None: the current scene.
+        prop: Custom property that holds the class id (see `category_of`).
+
+    Returns:
+        int32 array ``lut`` with ``lut[instance id] == class id`` (0 for unused ids).
+    """
     objs = renderable_objects(scene)
     lut = np.zeros(max([o.pass_index for o in objs], default=0) + 1, dtype=np.int32)
     for o in objs:
@@ -131,7 +179,13 @@ def semantic_lut(scene: Optional["bpy.types.Scene"] = None, prop: str = CATEGORY
 
 
 def enable_view_layer_passes(view_layer: "bpy.types.ViewLayer", passes: Iterable[str], engine: str) -> None:
-    """Switch on the Blender render passes needed for ``passes`` (never switches any off)."""
+    """Switch on the Blender render passes needed for ``passes`` (never switches any off).
+
+    Args:
+        view_layer: The view layer that renders.
+        passes: Our pass names.
+        engine: Blender engine identifier.
+    """
     passes = set(passes)
     if "depth" in passes:
         view_layer.use_pass_z = True
@@ -142,8 +196,15 @@ def enable_view_layer_passes(view_layer: "bpy.types.ViewLayer", passes: Iterable
 
 
 def depth_to_distance(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """Convert z-depth (H, W) to the Euclidean distance from the camera centre (ray length),
-    with an OpenCV intrinsics matrix ``K`` (pixel centres at integer coordinates)."""
+    """Convert z-depth to the Euclidean distance from the camera centre (ray length).
+
+    Args:
+        depth: (H, W) z-depth, as the 'depth' pass gives it.
+        K: OpenCV intrinsics (pixel centres at integer coordinates; ``Camera.K``).
+
+    Returns:
+        (H, W) float32 distances (``inf`` stays ``inf``).
+    """
     h, w = depth.shape
     u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
     x = (u - K[0, 2]) / K[0, 0]
@@ -152,8 +213,15 @@ def depth_to_distance(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
 
 
 def mask_boxes(instance: np.ndarray) -> dict[int, tuple[int, int, int, int]]:
-    """Tight pixel boxes ``{id: (x0, y0, x1, y1)}`` of every non-zero id in an instance mask;
-    x1/y1 are exclusive, so the box covers pixels ``[x0, x1) x [y0, y1)``."""
+    """Tight pixel boxes of every non-zero id in an instance mask.
+
+    Args:
+        instance: (H, W) integer mask (the 'instance' pass).
+
+    Returns:
+        ``{id: (x0, y0, x1, y1)}``; x1/y1 are exclusive, so the box covers pixels
+        ``[x0, x1) x [y0, y1)``.
+    """
     out = {}
     for i in np.unique(instance):
         if i == 0:
@@ -164,14 +232,31 @@ def mask_boxes(instance: np.ndarray) -> dict[int, tuple[int, int, int, int]]:
 
 
 def encode_id(i: int) -> tuple[float, float, float, float]:
-    """Object colour that the id render draws for id ``i`` (base 256 in R, G, B)."""
+    """Object colour that the id render draws for an id (base 256 in R, G, B).
+
+    Args:
+        i: Instance id.
+
+    Returns:
+        RGBA with each channel in [0, 1].
+
+    Raises:
+        ValueError: ``i`` is outside ``[0, 2**24)``.
+    """
     if not 0 <= i < 1 << 24:
         raise ValueError(f"instance id {i} out of range [0, 2**24)")
     return ((i & 255) / 255.0, ((i >> 8) & 255) / 255.0, ((i >> 16) & 255) / 255.0, 1.0)
 
 
 def decode_ids(rgba: np.ndarray) -> np.ndarray:
-    """Inverse of ``encode_id`` on an (H, W, 4) float image; transparent pixels are 0."""
+    """Inverse of `encode_id` on an image.
+
+    Args:
+        rgba: (H, W, 4) float image.
+
+    Returns:
+        (H, W) int32 ids; transparent pixels are 0.
+    """
     b = np.rint(np.clip(rgba[..., :3], 0.0, 1.0) * 255.0).astype(np.int32)
     ids = b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16)
     ids[rgba[..., 3] < 0.5] = 0
@@ -183,6 +268,9 @@ class IdRender:
 
     Every setting it touches (engine, shading, film, object colours) is restored afterwards,
     so it can run between two normal renders of any engine.
+
+    Args:
+        scene: The scene to render.
     """
 
     _SHADING = {
@@ -201,7 +289,14 @@ class IdRender:
         self.scene = scene
 
     def render(self, path: str) -> np.ndarray:
-        """Render the id image to ``path`` (OpenEXR) and return it as (H, W) int32."""
+        """Render the id image.
+
+        Args:
+            path: OpenEXR file to write (overwritten).
+
+        Returns:
+            (H, W) int32 instance ids, 0 = background.
+        """
         import bpy
 
         from blender_worker.readers import read_exr

@@ -10,8 +10,7 @@ from typing import Any, Optional
 import zmq
 
 from blender_worker import codec
-from blender_worker.arguments import LaunchArgs
-from blender_worker.protocol import check_item_keys
+from blender_worker.protocol import KIND_END, KIND_READY, LaunchArgs, check_item_keys
 
 
 class DataPublisher:
@@ -20,16 +19,24 @@ class DataPublisher:
     ``publish(**items)`` blocks when the actor's queue is full (high-water mark), so a slow
     consumer slows Blender down instead of growing memory. Every item gets ``btid``,
     ``seq`` (per-instance sequence number), ``seed``, ``epoch`` and ``generation`` (see
-    ``blender_worker.duplex``) added.
+    ``blender_worker.duplex``) added. Creating it sends the readiness handshake the
+    supervising actor waits for; closing it (also at exit) sends an end marker and waits
+    until the actor has read everything.
 
-    Params
-    ------
-    launch: LaunchArgs
-        From ``parse_launch_args()``; gives the address, instance id, seed and codec.
-    send_hwm: int
-        Maximum number of messages queued in Blender before ``publish`` blocks.
-    linger_ms: int
-        How long pending messages may take to flush when the publisher closes.
+    Args:
+        launch: From ``parse_launch_args()``; gives the address, instance id, seed and codec.
+        send_hwm: Maximum number of messages queued in Blender before ``publish`` blocks.
+        linger_ms: How long pending messages may take to flush when the publisher closes.
+
+    Raises:
+        ValueError: The instance was not launched by blendtorch_ray (no data address).
+
+    Example:
+        Publish a rendered frame and an annotation per frame::
+
+            launch, args = parse_launch_args()
+            pub = DataPublisher(launch)
+            anim.post_frame.add(lambda: pub.publish(**renderer.render(), frame=anim.frameid))
     """
 
     def __init__(self, launch: LaunchArgs, *, send_hwm: int = 4, linger_ms: int = 10_000):
@@ -66,7 +73,7 @@ class DataPublisher:
             codec.encode(
                 {"btid": launch.btid, "seed": launch.seed, "epoch": launch.epoch},
                 codec="json",
-                kind=codec.KIND_READY,
+                kind=KIND_READY,
             ),
             copy=False,
         )
@@ -98,13 +105,17 @@ class DataPublisher:
         self.seq += 1
 
     def close(self, linger_ms: Optional[int] = None) -> None:
-        """Flush pending items (up to ``linger_ms``) and close the socket."""
+        """Send the end marker, flush pending items and close the socket; idempotent.
+
+        Args:
+            linger_ms: Longest wait for pending items to flush; None: the constructor's.
+        """
         if self._closed:
             return
         self._closed = True
         # End marker: tells the actor that every item of this epoch has been sent.
         self._sock.send_multipart(
-            codec.encode({"count": self.seq, "epoch": self.launch.epoch}, codec="json", kind=codec.KIND_END)
+            codec.encode({"count": self.seq, "epoch": self.launch.epoch}, codec="json", kind=KIND_END)
         )
         self._wait_for_ack()
         if linger_ms is not None:

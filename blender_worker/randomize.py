@@ -20,12 +20,29 @@ from mathutils import Vector
 
 
 def make_rng(seed: Optional[int], stream: int = 0) -> np.random.Generator:
-    """Generator for ``seed`` (the instance seed); ``stream`` gives independent sub-streams."""
+    """A seeded random generator for one purpose.
+
+    Args:
+        seed: The instance seed (``launch.seed``); None counts as 0.
+        stream: Independent sub-stream (e.g. one for materials, one for poses).
+
+    Returns:
+        ``numpy.random.default_rng([seed, stream])``.
+    """
     return np.random.default_rng([int(seed or 0), int(stream)])
 
 
 def random_color(rng: np.random.Generator, low: float = 0.05, high: float = 1.0) -> tuple[float, float, float, float]:
-    """Random linear RGBA colour (alpha 1) with each channel in [low, high]."""
+    """A random colour.
+
+    Args:
+        rng: The generator.
+        low: Smallest channel value.
+        high: Largest channel value.
+
+    Returns:
+        Linear RGBA with each of R, G, B uniform in [low, high] and alpha 1.
+    """
     return (*(float(c) for c in rng.uniform(low, high, size=3)), 1.0)
 
 
@@ -37,7 +54,14 @@ def random_materials(
 ) -> None:
     """Give each object its own Principled material with random base colour, roughness and
     metallic. Also sets ``obj.color`` to the same colour so Workbench (colour type 'OBJECT')
-    shows it."""
+    shows it.
+
+    Args:
+        objects: Objects to colour; each gets (and keeps reusing) a material of its own.
+        rng: The generator.
+        roughness: Range of the roughness.
+        metallic: Range of the metallic value.
+    """
     for obj in objects:
         color = random_color(rng)
         name = f"btr-random-{obj.name}"
@@ -63,8 +87,18 @@ def sphere_point(
     elevation: tuple[float, float] = (10.0, 60.0),
     azimuth: tuple[float, float] = (0.0, 360.0),
 ) -> np.ndarray:
-    """A random point on a spherical shell around ``center``: radius, elevation above the xy
-    plane and azimuth (degrees) drawn uniformly from their ranges."""
+    """A random point on a spherical shell around ``center``.
+
+    Args:
+        rng: The generator.
+        center: Centre of the sphere.
+        radius: Range of the distance from ``center``.
+        elevation: Range of the angle above the xy plane, in degrees.
+        azimuth: Range of the angle around the z axis, in degrees.
+
+    Returns:
+        The (3,) point; each of radius, elevation and azimuth drawn uniformly.
+    """
     r = rng.uniform(*radius)
     el = np.radians(rng.uniform(*elevation))
     az = np.radians(rng.uniform(*azimuth))
@@ -81,8 +115,19 @@ def camera_on_sphere(
     elevation: tuple[float, float] = (10.0, 60.0),
     azimuth: tuple[float, float] = (0.0, 360.0),
 ) -> np.ndarray:
-    """Put ``camera`` (a ``blender_worker.Camera``) at a random point of a sphere around
-    ``target``, looking at it. Returns the camera location."""
+    """Put a camera at a random point of a sphere around ``target``, looking at it.
+
+    Args:
+        camera: A `blender_worker.camera.Camera`.
+        rng: The generator.
+        target: The point to look at.
+        radius: Range of the distance (see `sphere_point`).
+        elevation: Range of the elevation in degrees.
+        azimuth: Range of the azimuth in degrees.
+
+    Returns:
+        The (3,) camera location.
+    """
     loc = sphere_point(rng, target, radius, elevation, azimuth)
     camera.look_at(look_at=tuple(target), look_from=tuple(loc))
     return loc
@@ -97,8 +142,21 @@ def random_light(
     energy: tuple[float, float] = (300.0, 1500.0),
     color_low: float = 0.7,
 ) -> "bpy.types.Object":
-    """Move ``light`` (default: a point light created on first use) to a random point above
-    ``target`` with random energy (W) and a random, mostly white colour."""
+    """Move a light to a random point above ``target`` with random energy and colour.
+
+    Args:
+        rng: The generator.
+        light: The light object; None: a new point light (pass the returned one on
+            later calls).
+        target: Centre of the sphere the light is placed on.
+        radius: Range of the distance from ``target``.
+        elevation: Range of the elevation in degrees.
+        energy: Range of the power in W.
+        color_low: Smallest channel value of the (mostly white) colour.
+
+    Returns:
+        The light object.
+    """
     if light is None:
         data = bpy.data.lights.new("btr-random-light", type="POINT")
         light = bpy.data.objects.new("btr-random-light", data)
@@ -110,7 +168,14 @@ def random_light(
 
 
 def footprint_radius(obj: "bpy.types.Object") -> float:
-    """Radius of the circle that holds ``obj``'s bounding box seen from above (world units)."""
+    """Radius of the circle that holds an object's bounding box seen from above.
+
+    Args:
+        obj: The object.
+
+    Returns:
+        The radius in world units, around the object's origin.
+    """
     corners = np.array([list(obj.matrix_world @ Vector(c)) for c in obj.bound_box])
     center = np.asarray(obj.matrix_world.translation)[:2]
     return float(np.max(np.linalg.norm(corners[:, :2] - center, axis=1)))
@@ -129,8 +194,21 @@ def place_without_overlap(
     """Scatter ``objects`` over ``area`` = (xmin, xmax, ymin, ymax) so that their footprints
     (circles around their bounding boxes, plus ``margin``) do not overlap. ``z`` sets the
     height of every object (default: keep it). Each object gets ``max_tries`` random spots;
-    if one finds none, the whole layout starts again (``max_layouts`` times) before a
-    ValueError says the objects do not fit."""
+    if one finds none, the whole layout starts again (``max_layouts`` times).
+
+    Args:
+        objects: Objects to place.
+        rng: The generator.
+        area: ``(xmin, xmax, ymin, ymax)`` in world units.
+        z: Height of every object; None: keep each one's.
+        margin: Extra distance between footprints.
+        random_yaw: Also turn each object by a random angle about z.
+        max_tries: Random spots tried per object and layout.
+        max_layouts: Layouts tried.
+
+    Raises:
+        ValueError: The area is empty, an object does not fit in it, or no layout was found.
+    """
     xmin, xmax, ymin, ymax = area
     if xmax <= xmin or ymax <= ymin:
         raise ValueError(f"area {area} is empty: give (xmin, xmax, ymin, ymax) with min < max")

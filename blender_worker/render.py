@@ -32,7 +32,16 @@ _ENGINE_ALIASES = {"BLENDER_EEVEE": ("BLENDER_EEVEE_NEXT",), "BLENDER_EEVEE_NEXT
 
 
 def set_engine(render: "bpy.types.RenderSettings", engine: str) -> None:
-    """Set ``render.engine`` from a short name or identifier, whatever this Blender calls it."""
+    """Set ``render.engine`` from a short name or identifier, whatever this Blender calls it.
+
+    Args:
+        render: The scene's render settings (``scene.render``).
+        engine: 'workbench', 'eevee', 'cycles' or a Blender engine identifier; Eevee's
+            identifier of another Blender version works too.
+
+    Raises:
+        ValueError: This Blender has no such engine.
+    """
     ident = ENGINES.get(engine.lower(), engine)
     for candidate in (ident, *_ENGINE_ALIASES.get(ident, ())):
         try:
@@ -45,7 +54,12 @@ def set_engine(render: "bpy.types.RenderSettings", engine: str) -> None:
 
 
 def set_media_type(fmt: "bpy.types.ImageFormatSettings", media_type: str) -> None:
-    """Set ``fmt.media_type`` (Blender >= 5.0 only; older versions infer it from file_format)."""
+    """Set ``fmt.media_type`` (Blender >= 5.0 only; older versions infer it from file_format).
+
+    Args:
+        fmt: Image format settings (``scene.render.image_settings``).
+        media_type: "IMAGE", "MULTI_LAYER_IMAGE" or "VIDEO".
+    """
     if hasattr(fmt, "media_type"):
         fmt.media_type = media_type
 
@@ -72,7 +86,25 @@ class Renderer:
     """Render the active camera of a scene into numpy arrays.
 
     ``render()`` returns a dict: ``{"image": (H, W, 4) uint8}`` for the default
-    ``color="srgb8"``; with ``color="linear"`` the image is scene-linear float32.
+    ``color="srgb8"``; with ``color="linear"`` the image is scene-linear float32. Frames go
+    through a scratch directory on /dev/shm that ``close()`` (or interpreter exit) removes.
+
+    Args:
+        settings: Engine, resolution, samples, ...; applied to the scene once, here. None:
+            keep what the scene says.
+        scene: The scene to render; None: the current scene.
+        tmpdir: Where the scratch directory goes; default ``$BLENDTORCH_TMPDIR`` (set by
+            the supervising actor) or /dev/shm.
+
+    Raises:
+        ValueError: ``settings.engine`` is not available in this Blender.
+
+    Example:
+        Colour, depth and instance ids of the same frame::
+
+            renderer = Renderer(RenderSettings(engine="cycles", resolution=(640, 480), samples=16))
+            out = renderer.render(passes=("rgba", "depth", "instance"))
+            pub.publish(**out)
     """
 
     def __init__(
@@ -122,10 +154,20 @@ class Renderer:
     def render(self, color: str = "srgb8", passes: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
         """Render one frame of the current scene state.
 
-        Without ``passes`` returns ``{"image": ...}``. With ``passes`` (names from
-        ``blender_worker.passes.PASSES``: "rgba", "depth", "instance", "semantic", "normal")
-        returns one array per requested name, all of the same frame; ``color`` then sets
-        the dtype of "rgba".
+        Args:
+            color: "srgb8": display colours as uint8 (the scene's view transform applied);
+                "linear": scene-linear float32.
+            passes: None, or pass names from `blender_worker.passes.PASSES` ("rgba",
+                "depth", "instance", "semantic", "normal"; a single name works too).
+
+        Returns:
+            Without ``passes``: ``{"image": (H, W, 4) array}``. With ``passes``: one array
+            per requested name, in that order, all of the same frame (``color`` sets the
+            dtype of "rgba"); see `blender_worker.passes` for shapes and meaning.
+
+        Raises:
+            ValueError: ``color`` is unknown, or a pass is unknown or not supported by the
+                scene's render engine.
         """
         if color not in ("srgb8", "linear"):
             raise ValueError(f"unknown color {color!r}: use 'srgb8' or 'linear'")

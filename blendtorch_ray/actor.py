@@ -27,6 +27,7 @@ from typing import Any, Iterator, Optional
 import ray
 
 from blender_worker import codec
+from blender_worker.protocol import KIND_END, KIND_ITEM, KIND_READY, LaunchArgs
 from blender_worker.slots import SlotFile
 from blendtorch_ray.blender import find_blender
 from blendtorch_ray.config import LaunchConfig
@@ -93,19 +94,19 @@ class Forwarded:
 
 def blender_args(config: LaunchConfig, btid: int, epoch: int, data_address: str, control_address: str,
                  parent_pid: int, ack_path: str, slots: Optional[SlotFile]) -> list[str]:
-    """The command-line arguments of one Blender instance (``blender_worker.arguments``)."""
-    return [
-        "--btid", str(btid),
-        "--btseed", str(config.seed_for(btid, epoch)),
-        "--btepoch", str(epoch),
-        "--btdata", data_address,
-        "--btcontrol", control_address,
-        "--btparent", str(parent_pid),
-        "--btcodec", config.codec,
-        "--btack", ack_path,
-        *(["--btslots", f"{slots.path},{slots.slots},{slots.slot_bytes}"] if slots else []),
-        *config.args_for(btid),
-    ]
+    """The command-line arguments of one Blender instance: the launch flags
+    (``blender_worker.protocol.LaunchArgs``), then the user's instance arguments."""
+    return LaunchArgs(
+        btid=btid,
+        seed=config.seed_for(btid, epoch),
+        epoch=epoch,
+        data_address=data_address,
+        control_address=control_address,
+        parent_pid=parent_pid,
+        codec=config.codec,
+        ack_path=ack_path,
+        slots=(slots.path, slots.slots, slots.slot_bytes) if slots else None,
+    ).to_argv() + config.args_for(btid)
 
 
 def instance_dirs(config: LaunchConfig, btid: int) -> tuple[PrivateDir, PrivateDir, str]:
@@ -254,7 +255,7 @@ class BlenderActor:
                 msg = self._recv(100)
                 if msg is not None:
                     header, obj = msg
-                    if header.get("kind") == codec.KIND_READY:
+                    if header.get("kind") == KIND_READY:
                         self._ready = True
                     else:
                         self._receiver.release(header)
@@ -354,15 +355,15 @@ class BlenderActor:
                 msg = self._recv(50)
             if msg is not None:
                 header, obj = msg
-                if header.get("kind") == codec.KIND_READY:
+                if header.get("kind") == KIND_READY:
                     self._ready = True
                     continue
-                if header.get("kind") == codec.KIND_END:
+                if header.get("kind") == KIND_END:
                     self._on_end(obj)
                     continue
-                if header.get("kind") != codec.KIND_ITEM or not isinstance(obj, dict):
+                if header.get("kind") != KIND_ITEM or not isinstance(obj, dict):
                     self._receiver.release(header)
-                    if header.get("kind") == codec.KIND_ITEM:
+                    if header.get("kind") == KIND_ITEM:
                         self.dropped += 1
                         self._warn(f"dropped an item of type {type(obj).__name__}; publish(**items) sends dicts")
                     continue
@@ -426,10 +427,10 @@ class BlenderActor:
                     continue
                 quiet_polls = 0
                 header, obj = msg
-                if header.get("kind") == codec.KIND_END:
+                if header.get("kind") == KIND_END:
                     self._on_end(obj)
                     break
-                if header.get("kind") == codec.KIND_ITEM and isinstance(obj, dict):
+                if header.get("kind") == KIND_ITEM and isinstance(obj, dict):
                     items.append(obj)
                     held.append(header)
                     self._count()

@@ -16,7 +16,8 @@ each item it publishes after receiving a message with that message's generation,
 to its instance. A restarted Blender starts again at generation 0: its items count as
 stale until it is sent a message again.
 
-``ControlEndpoint`` is the actor's end of the local hop; ``DuplexChannel`` the trainer's.
+``ControlEndpoint`` is the actor's end of the local hop; ``GroupChannel`` the trainer's (its
+Blender-side counterpart is ``blender_worker.duplex.DuplexChannel``).
 """
 
 from __future__ import annotations
@@ -28,13 +29,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
+import logging
+
 import ray
 import zmq
 
-from blender_worker import codec
-from blender_worker.duplex import GENERATION, KIND_MESSAGE, KIND_REPLY, MSG_ID, REPLY_TO, RESERVED
+from blender_worker import codec, sockets
+from blender_worker.protocol import GENERATION, KIND_CONTROL, KIND_REPLY, MSG_ID, REPLY_TO, RESERVED_PAYLOAD_KEYS
 from blendtorch_ray.errors import StreamTimeout
-from blendtorch_ray.transport import ipc_address
+
+log = logging.getLogger("blendtorch_ray")
 
 
 @dataclass
@@ -42,18 +46,27 @@ class Reply:
     """A message from Blender instance ``btid``."""
 
     btid: int
+    """The instance that sent it."""
     msg_id: Optional[int]
     """Id of the message this answers (None for unsolicited messages)."""
     generation: int
     """Generation Blender was at when it sent this."""
     payload: dict = field(default_factory=dict)
+    """What Blender sent (``chan.reply(msg, **payload)`` / ``chan.send(**payload)``)."""
 
 
 class ControlEndpoint:
     """The actor's control socket: a DEALER bound next to the data socket.
 
     Messages sent before Blender connected wait in an outbox and go out on the next call.
-    Thread-safe (the actor calls it from its control concurrency group).
+    Thread-safe (the actor calls it from its control concurrency group). ``address`` is
+    what Blender connects to (``--btcontrol``).
+
+    Args:
+        directory: The actor's private directory (a ``PrivateDir``) for the ipc socket.
+        transport: "ipc" or "tcp" (127.0.0.1, random port).
+        codec_name: Codec of the messages ("pickle" or "json").
+        btid: The instance, for replies and log messages.
     """
 
     def __init__(self, directory: Any, transport: str = "ipc", codec_name: str = "pickle", btid: int = 0) -> None:
@@ -61,26 +74,30 @@ class ControlEndpoint:
         self._codec = codec_name
         self._sock = zmq.Context.instance().socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
-        if transport == "ipc":
-            self.address = ipc_address(directory, "control")
-            self._sock.bind(self.address)
-        else:
-            port = self._sock.bind_to_random_port("tcp://127.0.0.1")
-            self.address = f"tcp://127.0.0.1:{port}"
+        self.address = sockets.bind(self._sock, transport, directory.path if transport == "ipc" else None, "control")
         self._outbox: collections.deque = collections.deque()
         self._lock = threading.Lock()
         self._closed = False
         self._retry: Optional[threading.Thread] = None
 
     def send(self, msg_id: int, generation: int, payload: dict) -> None:
-        """Queue a message for Blender and send what can be sent now."""
-        bad = [k for k in payload if k in RESERVED]
+        """Queue a message for Blender and send what can be sent now.
+
+        Args:
+            msg_id: The message id (chosen by the trainer's channel).
+            generation: Its generation.
+            payload: The message.
+
+        Raises:
+            ValueError: A payload key is reserved by the duplex channel.
+        """
+        bad = [k for k in payload if k in RESERVED_PAYLOAD_KEYS]
         if bad:
             raise ValueError(f"payload keys {bad} are reserved by the duplex channel; rename them")
         obj = dict(payload)
         obj[MSG_ID] = msg_id
         obj[GENERATION] = generation
-        frames = codec.encode(obj, codec=self._codec, kind=KIND_MESSAGE)
+        frames = codec.encode(obj, codec=self._codec, kind=KIND_CONTROL)
         with self._lock:
             self._outbox.append(frames)
             self._flush()
@@ -108,17 +125,26 @@ class ControlEndpoint:
             self._outbox.popleft()
 
     def recv(self, timeout: float = 0.0, max_replies: int = 1000) -> list[dict]:
-        """Replies received within ``timeout`` seconds (returns as soon as there is one)."""
+        """Replies received within ``timeout`` seconds (returns as soon as there is one).
+
+        Args:
+            timeout: Seconds to wait for a first reply; 0 only polls.
+            max_replies: Most replies returned at once.
+
+        Returns:
+            Reply dicts with the fields of `Reply`; malformed replies are dropped (and
+            logged).
+        """
         deadline = time.monotonic() + timeout
         replies: list[dict] = []
         while True:
             with self._lock:
                 self._flush()
                 while len(replies) < max_replies and self._sock.poll(0, zmq.POLLIN):
-                    frames = self._sock.recv_multipart(copy=False)
                     try:
-                        header, obj = codec.decode([f.buffer for f in frames])
-                    except codec.CodecError:
+                        header, obj = sockets.recv(self._sock)
+                    except codec.CodecError as exc:
+                        log.warning("Blender instance %d: dropped a malformed duplex reply: %s", self.btid, exc)
                         continue
                     if header.get("kind") != KIND_REPLY or not isinstance(obj, dict):
                         continue
@@ -130,7 +156,7 @@ class ControlEndpoint:
                 self._sock.poll(int(min(left, 0.01) * 1000) + 1, zmq.POLLIN)
 
     def _reply(self, obj: dict) -> dict:
-        payload = {k: v for k, v in obj.items() if k not in RESERVED}
+        payload = {k: v for k, v in obj.items() if k not in RESERVED_PAYLOAD_KEYS}
         # Arrays from the json codec view ZeroMQ frames; copy so they outlive them.
         payload = {k: (v.copy() if hasattr(v, "copy") and hasattr(v, "dtype") else v) for k, v in payload.items()}
         reply_to = obj.get(REPLY_TO)
@@ -142,26 +168,45 @@ class ControlEndpoint:
         }
 
     def pending(self) -> int:
-        """Messages still waiting for Blender to connect."""
+        """Messages still waiting for Blender to connect.
+
+        Returns:
+            The number of queued messages.
+        """
         with self._lock:
             return len(self._outbox)
 
     def close(self) -> None:
+        """Close the socket; queued messages are dropped."""
         with self._lock:
             self._closed = True
             self._sock.close(0)
 
 
-class DuplexChannel:
+class GroupChannel:
     """Send messages to the instances of a group and receive their replies.
 
     Get one with ``BlenderLauncher.channel()``. Message ids and generations are counted by
     the channel (use one channel per group).
+
+    Args:
+        actors: The group's actor handles, in ``btid`` order.
+        poll_interval: Longest wait of one poll round in ``recv``/``wait``, in seconds.
+
+    Raises:
+        ValueError: ``actors`` is empty.
+
+    Example:
+        Send new parameters and keep only items rendered with them::
+
+            chan = bl.channel()
+            chan.wait(chan.broadcast(speed=2.0).values(), timeout=10)
+            fresh = [item for item in items if chan.is_fresh(item)]
     """
 
     def __init__(self, actors: list, poll_interval: float = 0.1) -> None:
         if not actors:
-            raise ValueError("a DuplexChannel needs at least one instance; start the launcher first")
+            raise ValueError("a GroupChannel needs at least one instance; start the launcher first")
         self.actors = list(actors)
         self.poll_interval = poll_interval
         self._ids = itertools.count(1)
@@ -176,19 +221,51 @@ class DuplexChannel:
             raise ValueError(f"btid {btid!r} is not an instance of this group (0..{len(self.actors) - 1})")
 
     def send(self, btid: int, **payload: Any) -> int:
-        """Send ``payload`` to instance ``btid``; returns the message id."""
+        """Send a message to one instance.
+
+        Args:
+            btid: The instance.
+            **payload: The message (keys other than the reserved ``bt...`` ones).
+
+        Returns:
+            The message id (a reply to it carries it in ``Reply.msg_id``).
+
+        Raises:
+            ValueError: ``btid`` is not an instance of the group, or a key is reserved.
+        """
         return self.send_many([btid], **payload)[btid]
 
     def broadcast(self, **payload: Any) -> dict[int, int]:
-        """Send ``payload`` to every instance (one generation); returns {btid: message id}."""
+        """Send a message to every instance, under one new generation.
+
+        Args:
+            **payload: The message.
+
+        Returns:
+            ``{btid: message id}``.
+
+        Raises:
+            ValueError: A key is reserved.
+        """
         return self.send_many(range(len(self.actors)), **payload)
 
     def send_many(self, btids: Iterable[int], **payload: Any) -> dict[int, int]:
-        """Send ``payload`` to the given instances under one new generation."""
+        """Send a message to the given instances under one new generation.
+
+        Args:
+            btids: The instances.
+            **payload: The message.
+
+        Returns:
+            ``{btid: message id}``.
+
+        Raises:
+            ValueError: A ``btid`` is not an instance of the group, or a key is reserved.
+        """
         btids = list(btids)
         for b in btids:
             self._check_btid(b)
-        bad = [k for k in payload if k in RESERVED]
+        bad = [k for k in payload if k in RESERVED_PAYLOAD_KEYS]
         if bad:
             raise ValueError(f"payload keys {bad} are reserved by the duplex channel; rename them")
         self.generation += 1
@@ -204,7 +281,14 @@ class DuplexChannel:
             self._inbox.extend(Reply(**r) for r in replies)
 
     def recv(self, timeout: float = 10.0) -> Optional[Reply]:
-        """The next reply from any instance, or None after ``timeout`` seconds."""
+        """The next reply from any instance.
+
+        Args:
+            timeout: Seconds to wait.
+
+        Returns:
+            The `Reply`, or None if none arrived within ``timeout``.
+        """
         deadline = time.monotonic() + timeout
         while not self._inbox:
             left = deadline - time.monotonic()
@@ -214,10 +298,20 @@ class DuplexChannel:
         return self._inbox.popleft()
 
     def wait(self, msg_ids: Iterable[int], timeout: float = 30.0) -> dict[int, Reply]:
-        """Wait for one reply to each of ``msg_ids``; returns {msg_id: reply}.
+        """Wait for one reply to each of ``msg_ids``.
 
-        Replies to other messages stay queued for ``recv``. Raises ``StreamTimeout`` naming
-        the unanswered ids when they do not all arrive within ``timeout`` seconds.
+        Replies to other messages stay queued for ``recv``.
+
+        Args:
+            msg_ids: Ids returned by ``send``, ``broadcast`` or ``send_many``.
+            timeout: Seconds to wait for all of them.
+
+        Returns:
+            ``{msg_id: Reply}``.
+
+        Raises:
+            StreamTimeout: Not every message was answered within ``timeout``; names the
+                unanswered ids.
         """
         wanted = set(msg_ids)
         got: dict[int, Reply] = {}
@@ -243,5 +337,12 @@ class DuplexChannel:
             self._poll(min(left, self.poll_interval))
 
     def is_fresh(self, item: dict) -> bool:
-        """True when ``item`` was rendered after its instance got the latest message sent to it."""
+        """Whether an item was rendered after its instance got the latest message sent to it.
+
+        Args:
+            item: A streamed item (it carries ``btid`` and ``generation``).
+
+        Returns:
+            True for a fresh item, False for one rendered under older parameters.
+        """
         return int(item.get("generation", 0)) >= self.last_generation.get(int(item["btid"]), 0)

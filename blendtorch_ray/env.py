@@ -24,21 +24,12 @@ import gymnasium as gym
 import numpy as np
 import zmq
 
-from blender_worker import codec
+from blender_worker import sockets
+from blender_worker.protocol import KIND_ENV, EnvArgs, EnvCommand, LaunchArgs
 from blendtorch_ray.blender import find_blender
-from blendtorch_ray.errors import BlenderCrashedError, BlenderStartError, BlendtorchError
+from blendtorch_ray.errors import BlenderCrashedError, BlenderEnvError, BlenderStartError, EnvTimeout  # noqa: F401 - re-exported
 from blendtorch_ray.process import BlenderProcess
 from blendtorch_ray.transport import PrivateDir, owned_prefix
-
-KIND_ENV = "env"
-
-
-class EnvTimeout(BlendtorchError, TimeoutError):
-    """Blender did not answer an env request within the configured timeout."""
-
-
-class BlenderEnvError(BlendtorchError):
-    """The Blender-side env raised while handling a request (its traceback is included)."""
 
 
 @dataclass
@@ -96,23 +87,13 @@ class _Connection:
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.REQ)
         self.sock.setsockopt(zmq.LINGER, 0)
-        if config.transport == "ipc":
-            self.address = f"ipc://{self.dir.join('env.sock')}"
-            self.sock.bind(self.address)
-        else:
-            port = self.sock.bind_to_random_port("tcp://127.0.0.1")
-            self.address = f"tcp://127.0.0.1:{port}"
+        self.address = sockets.bind(self.sock, config.transport, self.dir.path, "env")
         log_dir = config.log_dir or self.dir.path
         os.makedirs(log_dir, exist_ok=True)
         self.log_path = os.path.join(log_dir, f"env-{config.btid}-{epoch}-{os.getpid()}.log")
-        args = [
-            "--btid", str(config.btid), "--btseed", str(config.seed), "--btepoch", str(epoch),
-            "--btcontrol", self.address, "--btparent", str(os.getpid()),
-        ]
-        if config.real_time:
-            args.append("--btrealtime")
-            if config.real_time_fps:
-                args += ["--btfps", str(config.real_time_fps)]
+        args = LaunchArgs(btid=config.btid, seed=config.seed, epoch=epoch, control_address=self.address,
+                          parent_pid=os.getpid()).to_argv()
+        args += EnvArgs(real_time=config.real_time, real_time_fps=config.real_time_fps).to_argv()
         try:
             self.proc = BlenderProcess(
                 find_blender(config.blender), config.script, config.scene,
@@ -128,7 +109,7 @@ class _Connection:
         """End Blender (asking nicely first if it is idle) and release the socket and dir."""
         if self.proc.alive() and self.ready:
             try:
-                self.sock.send_multipart(codec.encode({"cmd": "close"}, kind=KIND_ENV), zmq.NOBLOCK, copy=False)
+                sockets.send(self.sock, {"cmd": EnvCommand.CLOSE}, kind=KIND_ENV, flags=zmq.NOBLOCK)
                 if self.sock.poll(2000):
                     self.sock.recv_multipart()
             except zmq.ZMQError:
@@ -150,7 +131,25 @@ class BlenderEnv(gym.Env):
 
     Subclasses (or ``gymnasium.make`` kwargs) give the spaces; Blender computes everything
     else. ``render_mode="rgb_array"`` makes ``render()`` return Blender's frame as an
-    (H, W, 3) uint8 array.
+    (H, W, 3) uint8 array. ``epoch`` counts the Blender restarts.
+
+    Args:
+        config: How to launch and talk to Blender.
+        observation_space: The env's observation space.
+        action_space: The env's action space.
+        render_mode: None or "rgb_array".
+
+    Raises:
+        ValueError: ``render_mode`` is not supported.
+
+    Example:
+        An env around your own Blender script::
+
+            env = BlenderEnv(EnvConfig(script="my_env.py"),
+                             gym.spaces.Box(-1, 1, (3,)), gym.spaces.Discrete(2))
+            obs, info = env.reset(seed=0)       # starts Blender
+            obs, reward, terminated, truncated, info = env.step(0)
+            env.close()
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
@@ -182,6 +181,7 @@ class BlenderEnv(gym.Env):
 
     @property
     def log_path(self) -> Optional[str]:
+        """Log file of the running Blender, or None before the first ``reset()``."""
         conn = self._holder[0]
         return conn.log_path if conn is not None else None
 
@@ -211,7 +211,7 @@ class BlenderEnv(gym.Env):
                 btid=self.config.btid,
             )
         if not conn.ready:
-            self._exchange(conn, {"cmd": "hello"}, "readiness handshake", self.config.start_timeout, BlenderStartError)
+            self._exchange(conn, {"cmd": EnvCommand.HELLO}, "readiness handshake", self.config.start_timeout, BlenderStartError)
             conn.ready = True
         reply = self._exchange(conn, message, what, self.config.step_timeout, BlenderCrashedError)
         if isinstance(reply, dict) and "error" in reply:
@@ -231,10 +231,8 @@ class BlenderEnv(gym.Env):
             while not conn.sock.poll(100, event):
                 self._check(conn, what, timeout, deadline, died)
             if event == zmq.POLLOUT:
-                conn.sock.send_multipart(codec.encode(message, kind=KIND_ENV), copy=False)
-        frames = conn.sock.recv_multipart(copy=False)
-        _, obj = codec.decode([f.buffer for f in frames])
-        return obj
+                sockets.send(conn.sock, message, kind=KIND_ENV)
+        return sockets.recv(conn.sock)[1]
 
     def _check(self, conn: _Connection, what: str, timeout: float, deadline: float, died: type) -> None:
         """Raise (and mark the env broken) when Blender died or the deadline passed."""
@@ -256,7 +254,21 @@ class BlenderEnv(gym.Env):
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None) -> tuple[Any, dict]:
-        """Start an episode; starts (or, after a failure, restarts) Blender as needed."""
+        """Start an episode; starts (or, after a failure, restarts) Blender as needed.
+
+        Args:
+            seed: Reseeds the Blender-side ``np_random`` (and this env's).
+            options: Passed to the Blender-side ``_reset``.
+
+        Returns:
+            ``(obs, info)``.
+
+        Raises:
+            BlenderStartError: Blender did not start or answer its handshake.
+            BlenderCrashedError: Blender died while resetting.
+            EnvTimeout: Blender did not answer within ``EnvConfig.step_timeout``.
+            BlenderEnvError: The Blender-side env raised (its traceback is included).
+        """
         super().reset(seed=seed)
         conn = self._holder[0]
         if conn is None:
@@ -265,20 +277,38 @@ class BlenderEnv(gym.Env):
             self._restart()
         if seed is not None:
             seed = int(seed)
-        obs, info = self._request({"cmd": "reset", "seed": seed, "options": options}, "reset()")
+        obs, info = self._request({"cmd": EnvCommand.RESET, "seed": seed, "options": options}, "reset()")
         return obs, info
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
-        """Send ``action``; Blender advances (one frame when stepped) and answers."""
+        """Send ``action``; Blender advances (one frame when stepped) and answers.
+
+        Args:
+            action: An element of ``action_space`` (0-d arrays are sent as scalars).
+
+        Returns:
+            ``(obs, reward, terminated, truncated, info)``.
+
+        Raises:
+            RuntimeError: Called before ``reset()``.
+            BlenderCrashedError: Blender died (or an earlier request failed: ``reset()``).
+            EnvTimeout: Blender did not answer within ``EnvConfig.step_timeout``.
+            BlenderEnvError: The Blender-side env raised.
+        """
         if isinstance(action, np.ndarray) and action.ndim == 0:
             action = action.item()
-        obs, reward, terminated, truncated, info = self._request({"cmd": "step", "action": action}, "step()")
+        obs, reward, terminated, truncated, info = self._request({"cmd": EnvCommand.STEP, "action": action}, "step()")
         return obs, float(reward), bool(terminated), bool(truncated), info
 
     def render(self) -> Optional[np.ndarray]:
-        """Blender's current frame as (H, W, 3) uint8 when ``render_mode="rgb_array"``."""
+        """Blender's current frame.
+
+        Returns:
+            (H, W, 3) uint8 when ``render_mode="rgb_array"``; None (with a warning) without
+            a render mode.
+        """
         if self.render_mode is None:
             gym.logger.warn("render() called with render_mode=None; pass render_mode='rgb_array'")
             return None
-        return self._request({"cmd": "render"}, "render()")
+        return self._request({"cmd": EnvCommand.RENDER}, "render()")
 

@@ -8,7 +8,27 @@ from typing import Iterator, Optional
 
 
 class BlendtorchError(RuntimeError):
-    """Base class; ``btid`` and ``log_tail`` are set when one instance is at fault."""
+    """Base class of the project's errors; ``btid`` and ``log_tail`` are set when one
+    instance is at fault.
+
+    The message shown is ``message``, then the log file and the last lines of the Blender
+    log. The fields survive Ray's serialisation, and `own_errors` re-raises an error that
+    crossed Ray as its own class.
+
+    Args:
+        message: What went wrong and how to fix it.
+        btid: The instance at fault, or None (several or none).
+        log_tail: The last lines of that instance's Blender log.
+        log_path: Where its whole log is.
+
+    Example:
+        The failing instance and its log::
+
+            try:
+                bl.start()
+            except BlenderStartError as err:
+                print(err.btid, err.log_path)
+    """
 
     def __init__(self, message: str, btid: Optional[int] = None, log_tail: str = "", log_path: str = ""):
         self.btid = btid
@@ -46,13 +66,21 @@ class BlenderCrashedError(BlendtorchError):
 
 
 class StreamTimeout(BlendtorchError, TimeoutError):
-    """No item arrived within the dataset's timeout."""
+    """No item arrived within the dataset's timeout (also a ``TimeoutError``)."""
 
 
 class BlenderVersionError(BlenderNotFoundError):
     """A Blender binary was found but cannot run blender_worker (too old, or its bundled
     Python differs from this interpreter's, so this environment's numpy/pyzmq cannot load)."""
 
+
+
+class EnvTimeout(BlendtorchError, TimeoutError):
+    """Blender did not answer an env request within the configured timeout."""
+
+
+class BlenderEnvError(BlendtorchError):
+    """The Blender-side env raised while handling a request (its traceback is included)."""
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

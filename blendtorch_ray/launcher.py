@@ -22,7 +22,15 @@ log = logging.getLogger("blendtorch_ray")
 
 
 def check_capacity(cfg: LaunchConfig) -> None:
-    """Raise ValueError if the whole cluster cannot hold ``cfg.num_instances`` instances."""
+    """Check that the whole Ray cluster can hold ``cfg.num_instances`` instances.
+
+    Args:
+        cfg: The group's configuration (``num_cpus`` already resolved, not None).
+
+    Raises:
+        ValueError: The cluster's CPUs, GPUs or custom resources are too few; the message
+            names each shortfall and how to fix it.
+    """
     total = ray.cluster_resources()
     need = {"CPU": cfg.num_cpus * cfg.num_instances}
     if cfg.num_gpus:
@@ -84,15 +92,26 @@ def _prefetch_consumer_imports() -> None:
 class BlenderLauncher:
     """Launch ``num_instances`` Blender processes, each under its own Ray actor.
 
-    Use as a context manager::
-
-        with BlenderLauncher(script="scene.py", num_instances=2) as bl:
-            for item in bl.dataset(max_items=100):
-                ...
-
     In local mode (no Ray running) ``ray.init()`` is called for you. Instances start in
     parallel; ``start()`` returns once every instance passed its readiness handshake, or
-    raises ``BlenderStartError`` (with the Blender log tail) and cleans up.
+    raises ``BlenderStartError`` (with the Blender log tail) and cleans up. The actors are
+    named ``{name}/{btid}`` in ``namespace``, so other processes can ``attach`` to the group.
+
+    Args:
+        config: The whole configuration; None builds a `LaunchConfig` from ``kwargs``.
+        **kwargs: `LaunchConfig` fields (``script=`` is required without ``config``); with
+            ``config`` they replace its fields.
+
+    Raises:
+        FileNotFoundError: The script or scene does not exist (from `LaunchConfig`).
+        ValueError: An option is out of range (from `LaunchConfig`).
+
+    Example:
+        Use it as a context manager, so that every Blender ends with the block::
+
+            with BlenderLauncher(script="scene.py", num_instances=2) as bl:
+                for item in bl.dataset(max_items=100):
+                    ...
     """
 
     def __init__(self, config: Optional[LaunchConfig] = None, **kwargs: Any) -> None:
@@ -111,7 +130,18 @@ class BlenderLauncher:
 
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> "BlenderLauncher":
-        """Create the actors and wait until every instance is ready."""
+        """Create the actors and wait until every instance is ready (``with`` calls this).
+
+        Returns:
+            This launcher, started (calling ``start()`` again does nothing).
+
+        Raises:
+            BlenderNotFoundError: No usable Blender (``LaunchConfig.blender``).
+            ValueError: The cluster cannot hold the group (see `check_capacity`), unless
+                ``wait_for_resources=True``.
+            BlenderStartError: An instance did not pass its readiness handshake in time,
+                or not every instance was scheduled; carries the Blender log tail.
+        """
         if self._started:
             return self
         cfg = self.config
@@ -170,7 +200,11 @@ class BlenderLauncher:
         self._prestarted = []
 
     def close(self) -> None:
-        """Stop every Blender and its actor (only the launching process owns them)."""
+        """Stop every Blender and its actor; safe to call more than once.
+
+        Only the launching process owns the group: on a launcher from `attach`, this does
+        nothing.
+        """
         if not self._owner:
             return
         actors, self.actors = self.actors, []
@@ -196,7 +230,27 @@ class BlenderLauncher:
     # -- attach ----------------------------------------------------------------------
     @classmethod
     def attach(cls, name: str, namespace: str = "blendtorch", address: Optional[str] = "auto") -> "BlenderLauncher":
-        """Attach to a running group by name (from another driver or a notebook)."""
+        """Attach to a running group by name (from another driver or a notebook).
+
+        Args:
+            name: The group's name (``BlenderLauncher.name`` / ``LaunchConfig.name``).
+            namespace: Its Ray namespace.
+            address: Ray address to connect to if Ray is not initialized yet ("auto": the
+                running cluster on this machine).
+
+        Returns:
+            A launcher that reads the group (``dataset``, ``health``, ...) but does not own
+            it: ``close()`` leaves its instances running.
+
+        Raises:
+            ValueError: No group of that name in the namespace.
+
+        Example:
+            From a second process, while the first one trains::
+
+                bl = BlenderLauncher.attach("my-group")
+                print(bl.health())
+        """
         ensure_ray(address=address, namespace=namespace)
         actors = []
         while True:
@@ -215,6 +269,7 @@ class BlenderLauncher:
     # -- use ---------------------------------------------------------------------------
     @property
     def num_instances(self) -> int:
+        """Number of instances in the group."""
         return len(self.actors)
 
     def dataset(
@@ -226,9 +281,24 @@ class BlenderLauncher:
         record_to: Optional[str] = None,
         **options: Any,
     ):
-        """A torch ``IterableDataset`` over the items of this group (see RemoteIterableDataset).
+        """A torch ``IterableDataset`` over the items of this group; starts the group if needed.
 
-        ``record_to``: a directory to record every item to (``blendtorch_ray.recording``).
+        Args:
+            max_items: Items in total (whatever the number of DataLoader workers); None:
+                until every instance finishes.
+            item_transform: Applied to every item dict before it is yielded.
+            timeout: Seconds without any item before `StreamTimeout` is raised.
+            max_batches_in_flight: Batches each instance may render ahead of the consumer;
+                None: ``LaunchConfig.max_batches_in_flight``.
+            record_to: A directory to record every item to (`blendtorch_ray.recording`).
+            **options: Further `RemoteIterableDataset` arguments (``btids``,
+                ``reconnect_timeout``, ``shared_memory_ring``).
+
+        Returns:
+            A `RemoteIterableDataset`; iterate it directly or through `make_loader`.
+
+        Raises:
+            ValueError: An argument is out of range (checked before anything starts).
         """
         from blendtorch_ray import validation
         from blendtorch_ray.dataset import RemoteIterableDataset
@@ -262,8 +332,20 @@ class BlenderLauncher:
     def ray_dataset(self, num_items: int, **options: Any):
         """A bounded ``ray.data.Dataset`` of ``num_items`` items from this group.
 
-        ``options``: ``btids``, ``ray_remote_args`` and the ``blendtorch_ray.ray_data.ReadOptions``
-        fields (block_size, columns, objects, timeout, ...). Lazy: each pass renders fresh items.
+        Lazy, like every Ray Data dataset: each pass renders fresh items. Starts the group
+        if needed.
+
+        Args:
+            num_items: Rows of the dataset.
+            **options: ``btids`` (read only these instances), ``ray_remote_args`` (for the
+                read tasks) and the `blendtorch_ray.ray_data.ReadOptions` fields
+                (``block_size``, ``columns``, ``objects``, ``timeout``, ...).
+
+        Returns:
+            A ``ray.data.Dataset`` (see `blendtorch_ray.ray_data` for how items become columns).
+
+        Raises:
+            ValueError: ``num_items`` or an option is invalid (checked before anything starts).
         """
         from blendtorch_ray import validation
         from blendtorch_ray.ray_data import ReadOptions, read_group
@@ -283,21 +365,33 @@ class BlenderLauncher:
             options.setdefault("max_batches_in_flight", self.config.max_batches_in_flight)
         return read_group(self.name, self.namespace, self.num_instances, num_items, **options)
 
-    def channel(self) -> "DuplexChannel":
+    def channel(self) -> "GroupChannel":
         """A duplex channel to this group's instances (messages, replies, generations).
 
-        The Blender script receives with ``blender_worker.duplex.DuplexChannel``.
+        The Blender script receives with ``blender_worker.duplex.DuplexChannel``. Starts the
+        group if needed.
+
+        Returns:
+            A `blendtorch_ray.duplex.GroupChannel`.
         """
-        from blendtorch_ray.duplex import DuplexChannel
+        from blendtorch_ray.duplex import GroupChannel
 
         if not self._started:
             self.start()
-        return DuplexChannel(self.actors)
+        return GroupChannel(self.actors)
 
     def health(self) -> list[InstanceHealth]:
-        """Per-instance health (fps, restarts, queue depth, last error, ...)."""
+        """Per-instance health (fps, restarts, queue depth, last error, ...).
+
+        Returns:
+            One `InstanceHealth` per instance, in ``btid`` order.
+        """
         return ray.get([a.health.remote() for a in self.actors])
 
     def pids(self) -> list[int]:
-        """Pids of the current Blender processes (for fault tests and monitoring)."""
+        """Pids of the current Blender processes (for fault tests and monitoring).
+
+        Returns:
+            One pid per instance, in ``btid`` order.
+        """
         return ray.get([a.pid.remote() for a in self.actors])

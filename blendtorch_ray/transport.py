@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import zmq
 
-from blender_worker import codec
+from blender_worker import codec, sockets
 from blender_worker.slots import SlotFile
 
 
@@ -70,7 +70,7 @@ def sweep_stale_dirs() -> None:
 def ipc_address(directory: "PrivateDir", socket: str) -> str:
     """The ipc:// address of ``socket`` ("data" or "control") in an instance's private
     directory: what the actor binds, and what a prestarted Blender connects to before that."""
-    return f"ipc://{directory.join(socket + '.sock')}"
+    return sockets.ipc_address(directory.path, socket)
 
 
 class PrivateDir:
@@ -118,16 +118,7 @@ class ItemReceiver:
         self.sock.setsockopt(zmq.RCVHWM, recv_hwm)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.max_message_bytes = max_message_bytes
-        if transport == "ipc":
-            if directory is None:
-                raise ValueError("ipc transport needs a private directory")
-            self.address = ipc_address(directory, "data")
-            self.sock.bind(self.address)
-        elif transport == "tcp":
-            port = self.sock.bind_to_random_port("tcp://127.0.0.1")
-            self.address = f"tcp://127.0.0.1:{port}"
-        else:
-            raise ValueError(f"unknown transport {transport!r}: use 'ipc' or 'tcp'")
+        self.address = sockets.bind(self.sock, transport, directory.path if directory is not None else None, "data")
         self._poller = zmq.Poller()
         self._poller.register(self.sock, zmq.POLLIN)
         self.slots: Optional[SlotFile] = None

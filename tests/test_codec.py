@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from blender_worker import codec
+from blender_worker.protocol import KIND_ITEM
 
 
 @pytest.mark.parametrize("name", ["pickle", "json"])
@@ -13,7 +14,7 @@ def test_roundtrip_keeps_arrays_and_values(name):
     item = {"image": np.arange(24, dtype=np.uint8).reshape(2, 3, 4), "depth": np.ones((2, 3), np.float32), "k": 3, "s": "x"}
     frames = codec.encode(item, codec=name)
     header, out = codec.decode([bytes(f) for f in frames])
-    assert header["kind"] == codec.KIND_ITEM and header["codec"] == name
+    assert header["kind"] == KIND_ITEM and header["codec"] == name
     assert out["k"] == 3 and out["s"] == "x"
     np.testing.assert_array_equal(out["image"], item["image"])
     assert out["depth"].dtype == np.float32 and out["depth"].shape == (2, 3)

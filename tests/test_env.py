@@ -14,7 +14,8 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import blendtorch_ray  # noqa: F401 - registers blendtorch/CartPole-v0
-from blendtorch_ray.env import BlenderEnv, BlenderEnvError, EnvConfig, EnvTimeout
+from blendtorch_ray.env import BlenderEnv, EnvConfig
+from blendtorch_ray.errors import BlenderEnvError, EnvTimeout
 from blendtorch_ray.envs import CartPoleEnv, CounterEnv
 from blendtorch_ray.errors import BlenderCrashedError, BlenderStartError
 from conftest import wait_until

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from blender_worker import codec
-from blender_worker.arguments import LaunchArgs
+from blender_worker.protocol import KIND_READY, LaunchArgs
 from blender_worker.publisher import DataPublisher
 from blender_worker.slots import INLINE_BELOW, SlotFile
 from blendtorch_ray.transport import ItemReceiver, PrivateDir
@@ -53,7 +53,7 @@ def test_publisher_puts_large_arrays_in_slots_and_small_ones_inline(tmp_path, co
         launch = LaunchArgs(btid=0, seed=0, epoch=0, data_address=receiver.address, control_address=None,
                             parent_pid=0, codec=codec_name, slots=(receiver.slots.path, 3, 4 << 20))
         pub = DataPublisher(launch, linger_ms=1000)
-        assert receiver.recv(10_000)[0]["kind"] == codec.KIND_READY
+        assert receiver.recv(10_000)[0]["kind"] == KIND_READY
         image = np.random.default_rng(0).integers(0, 255, (240, 320, 4), dtype=np.uint8)
         pub.publish(image=image, label=3)
         pub.publish(small=np.ones(4, np.float32))

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from blender_worker.arguments import parse_launch_args
+from blender_worker.protocol import parse_launch_args
 from blendtorch_ray import BlenderNotFoundError, LaunchConfig
 from blendtorch_ray.blender import find_blender
 
