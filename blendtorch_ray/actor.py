@@ -33,6 +33,7 @@ from blendtorch_ray.blender import find_blender
 from blendtorch_ray.config import LaunchConfig
 from blendtorch_ray.duplex import ControlEndpoint
 from blendtorch_ray.errors import BlenderCrashedError, BlenderStartError
+from blendtorch_ray.health import MAX_WARNINGS, InstanceHealth
 from blendtorch_ray.process import BlenderProcess
 from blendtorch_ray.transport import (
     ItemReceiver,
@@ -45,34 +46,6 @@ from blendtorch_ray.transport import (
 )
 
 log = logging.getLogger("blendtorch_ray")
-
-
-@dataclass
-class InstanceHealth:
-    """A snapshot of one instance, as reported by ``BlenderActor.health()``."""
-
-    btid: int
-    node_id: str
-    pid: Optional[int]
-    alive: bool
-    items: int
-    batches: int
-    fps: float
-    restarts: int
-    epoch: int
-    queue_depth: int
-    """Items received but not yet handed over in a batch."""
-    dropped_messages: int
-    last_error: Optional[str]
-    log_path: str
-    rss_bytes: int = 0
-    recycles: int = 0
-    """Planned Blender replacements (recycle_after_items / recycle_rss_mb)."""
-    lost_items: int = 0
-    """Items Blender reported sent (end marker) that never arrived."""
-    niceness: Optional[int] = None
-    """Blender's scheduling niceness (inherited from Ray's worker niceness; 0 in local mode)."""
-    warnings: list = field(default_factory=list)
 
 
 @dataclass
@@ -287,7 +260,7 @@ class BlenderActor:
         text = f"Blender instance {self.btid}: {text}"
         log.warning(text)
         self.warnings.append(text)
-        del self.warnings[:-20]
+        del self.warnings[:-MAX_WARNINGS]
         self.last_error = text
 
     def _restart(self) -> None:

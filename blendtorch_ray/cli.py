@@ -49,7 +49,7 @@ def add_health(sub: argparse._SubParsersAction) -> None:
 
 def cmd_health(args: argparse.Namespace) -> int:
     from blendtorch_ray.launcher import BlenderLauncher
-    from blendtorch_ray.report import health_table
+    from blendtorch_ray.health import health_table
 
     group = BlenderLauncher.attach(args.name, namespace=args.namespace, address=args.address)
     print(health_table(group.health()))

@@ -38,7 +38,7 @@ def run_demo(
 
     from blender_worker.scenes import CUBE
     from blendtorch_ray import BlenderLauncher, make_loader
-    from blendtorch_ray.report import health_table
+    from blendtorch_ray.health import health_table
 
     t0 = time.perf_counter()
     width, height = resolution

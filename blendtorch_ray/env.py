@@ -20,16 +20,18 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-import gymnasium as gym
 import numpy as np
 import zmq
 
 from blender_worker import sockets
 from blender_worker.protocol import KIND_ENV, EnvArgs, EnvCommand, LaunchArgs
 from blendtorch_ray.blender import find_blender
+from blendtorch_ray.extras import require
 from blendtorch_ray.errors import BlenderCrashedError, BlenderEnvError, BlenderStartError, EnvTimeout  # noqa: F401 - re-exported
 from blendtorch_ray.process import BlenderProcess
 from blendtorch_ray.transport import PrivateDir, owned_prefix
+
+gym = require("gymnasium", "rl", "blendtorch_ray.env (Blender scenes as gymnasium environments)")
 
 
 @dataclass

@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
-import gymnasium as gym
 import numpy as np
 
 import blender_worker.scenes as _scenes
-from blendtorch_ray.env import BlenderEnv, EnvConfig
+from blendtorch_ray.env import BlenderEnv, EnvConfig, gym
+from blendtorch_ray.registry import register_gym_envs
 
 CARTPOLE_SCRIPT = os.path.join(os.path.dirname(_scenes.__file__), "cartpole.py")
 COUNTER_SCRIPT = os.path.join(os.path.dirname(_scenes.__file__), "counter_env.py")
@@ -28,7 +28,25 @@ class CartPoleEnv(BlenderEnv):
     velocity. Action ``Discrete(2)`` (push left / right with ``force`` N), or with
     ``continuous=True`` ``Box(-1, 1, (1,))`` scaling the force. Reward 1 per step; terminates
     when |angle| > 0.2095 rad or |x| > 2.4 m; truncated after ``max_episode_steps``.
-    Remaining keyword arguments go to :class:`EnvConfig` (``btid``, ``seed``, ``real_time``...).
+    Remaining keyword arguments go to `EnvConfig` (``btid``, ``seed``, ``real_time``...).
+
+    Args:
+        render_mode: None or "rgb_array" (``render()`` returns Blender's frame).
+        max_episode_steps: Episodes are truncated after this many steps.
+        continuous: Continuous action (``Box(-1, 1, (1,))``) instead of ``Discrete(2)``.
+        force: Push force in N (scaled by the action when continuous).
+        width: Width of rendered frames in pixels.
+        height: Height of rendered frames in pixels.
+        script_args: Extra arguments for the Blender-side script.
+        **config: Further `EnvConfig` fields.
+
+    Example:
+        Through gymnasium's registry (importing ``blendtorch_ray`` registers it)::
+
+            env = gymnasium.make("blendtorch/CartPole-v0", render_mode="rgb_array")
+            obs, info = env.reset(seed=0)
+            obs, reward, terminated, truncated, info = env.step(1)
+            env.close()
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
@@ -56,7 +74,13 @@ class CartPoleEnv(BlenderEnv):
 
 
 class CounterEnv(BlenderEnv):
-    """A trivial Blender env (no physics): measures the env channel. Terminates after ``length``."""
+    """A trivial Blender env (no physics): measures the env channel. Terminates after ``length``.
+
+    Args:
+        render_mode: None or "rgb_array".
+        length: Steps per episode.
+        **config: Further `EnvConfig` fields.
+    """
 
     def __init__(self, render_mode: Optional[str] = None, *, length: int = 100, **config: object) -> None:
         cfg = EnvConfig(script=COUNTER_SCRIPT, script_args=["--length", str(length)], **config)
@@ -65,11 +89,8 @@ class CounterEnv(BlenderEnv):
 
 
 def register() -> None:
-    """Register the bundled envs with gymnasium (idempotent)."""
-    if "blendtorch/CartPole-v0" not in gym.registry:
-        gym.register("blendtorch/CartPole-v0", entry_point=CartPoleEnv, max_episode_steps=None)
-    if "blendtorch/Counter-v0" not in gym.registry:
-        gym.register("blendtorch/Counter-v0", entry_point=CounterEnv)
+    """Register the bundled envs with gymnasium (idempotent; see ``blendtorch_ray.registry``)."""
+    register_gym_envs()
 
 
 register()

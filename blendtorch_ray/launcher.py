@@ -11,7 +11,8 @@ from typing import Any, Callable, Optional
 
 import ray
 
-from blendtorch_ray.actor import InstanceHealth, RemoteBlenderActor
+from blendtorch_ray.actor import RemoteBlenderActor
+from blendtorch_ray.health import InstanceHealth
 from blendtorch_ray.blender import find_blender
 from blendtorch_ray.config import LaunchConfig
 from blendtorch_ray.errors import BlenderStartError, own_errors

@@ -19,10 +19,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-import gymnasium as gym
 import numpy as np
 
 import blendtorch_ray.envs  # noqa: F401 - registers the bundled gymnasium envs
+from blendtorch_ray.env import gym
+from blendtorch_ray.extras import require
+
+require("ray.rllib", "rl", "blendtorch_ray.rllib")
 
 _counter = itertools.count()
 
@@ -33,6 +36,13 @@ def instance_identity(worker_index: int, base_seed: int = 0) -> tuple[int, int]:
     ``btid = worker_index * 1_000_000 + (pid % 10_000) * 100 + n % 100`` with ``n`` counting
     envs made in this process (vector envs made in subprocesses differ by pid). The seed mixes
     ``base_seed`` with all three through numpy's ``SeedSequence``.
+
+    Args:
+        worker_index: The env runner's index (``EnvContext.worker_index``; 0 on the driver).
+        base_seed: Seed of the whole experiment.
+
+    Returns:
+        ``(btid, seed)``, distinct for every call in every process.
     """
     n = next(_counter)
     pid = os.getpid()
@@ -47,10 +57,14 @@ class EnvCreator:
 
     The env config (``AlgorithmConfig.environment(env_config=...)``) overrides ``kwargs``;
     its ``"seed"`` key is the base seed. Other keys go to ``gym.make(env_id, ...)``.
+    Calling it with an env config returns a new env with its own ``btid`` and seed (see
+    `instance_identity`).
     """
 
     env_id: str
+    """The registered gymnasium env id, e.g. ``"blendtorch/CartPole-v0"``."""
     kwargs: dict = field(default_factory=dict)
+    """Default arguments of ``gym.make``; the env config overrides them."""
 
     def __call__(self, env_config: Optional[Mapping[str, Any]] = None) -> gym.Env:
         config = dict(self.kwargs)
@@ -65,10 +79,19 @@ class EnvCreator:
 
 
 def register_rllib_env(env_id: str = "blendtorch/CartPole-v0", name: Optional[str] = None, **kwargs: Any) -> str:
-    """Register gymnasium env ``env_id`` with ``ray.tune.register_env``; returns the name.
+    """Register gymnasium env ``env_id`` with ``ray.tune.register_env``.
 
-    ``kwargs`` are default env arguments (e.g. ``max_episode_steps=200``); RLlib's env config
-    overrides them.
+    Args:
+        env_id: A registered gymnasium env id.
+        name: Name to register under; default ``env_id`` with "/" replaced by "-".
+        **kwargs: Default env arguments (e.g. ``max_episode_steps=200``); RLlib's env
+            config overrides them.
+
+    Returns:
+        The name to pass to ``AlgorithmConfig.environment(env=...)``.
+
+    Raises:
+        ValueError: ``env_id`` is not a registered gymnasium env.
     """
     from ray.tune import register_env
 
@@ -93,7 +116,25 @@ def ppo_config(
     env_config: Optional[dict] = None,
     seed: Optional[int] = None,
 ) -> Any:
-    """A ``PPOConfig`` (new API stack, torch) for a registered Blender env, small-machine sized."""
+    """A ``PPOConfig`` (new API stack, torch) for a registered Blender env, small-machine sized.
+
+    Args:
+        env_name: Name from `register_rllib_env`.
+        num_env_runners: Env runner actors (each runs its own Blenders).
+        num_envs_per_env_runner: Envs (Blenders) per env runner.
+        train_batch_size: Env steps per training iteration.
+        minibatch_size: SGD minibatch size.
+        num_epochs: SGD epochs per iteration.
+        lr: Learning rate.
+        vectorize_mode: How an env runner steps its envs: "sync" or "async" (gymnasium's
+            vectorisation modes).
+        env_config: Env arguments (override the registered defaults; ``"seed"`` is the base
+            seed).
+        seed: Seed of RLlib itself (``debugging(seed=...)``); None: unseeded.
+
+    Returns:
+        The ``PPOConfig``; call ``.build_algo()`` and ``.train()``.
+    """
     from ray.rllib.algorithms.ppo import PPOConfig
 
     config = (
@@ -120,5 +161,12 @@ def ppo_config(
 
 
 def episode_return_mean(result: Mapping[str, Any]) -> float:
-    """Mean episode return of a ``train()`` result (nan before the first episode ends)."""
+    """Mean episode return of a ``train()`` result.
+
+    Args:
+        result: What ``Algorithm.train()`` returned.
+
+    Returns:
+        ``result["env_runners"]["episode_return_mean"]``; nan before the first episode ends.
+    """
     return float(result.get("env_runners", {}).get("episode_return_mean", float("nan")))

@@ -1,0 +1,68 @@
+"""Instance health: the snapshot an actor reports (``InstanceHealth``) and its table.
+
+Imports nothing but the standard library, so that tools that only show health (the CLI's
+``health`` command, the demo) need no Ray to use the type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+
+MAX_WARNINGS = 20
+"""How many recent warnings an actor keeps for ``InstanceHealth.warnings``."""
+
+
+@dataclass
+class InstanceHealth:
+    """A snapshot of one instance, as reported by ``BlenderActor.health()``."""
+
+    btid: int
+    """Instance id."""
+    node_id: str
+    """Ray node the actor (and its Blender) runs on."""
+    pid: Optional[int]
+    """Blender's pid while it runs, else None."""
+    alive: bool
+    """Whether Blender is running."""
+    items: int
+    """Items received from Blender in total (all epochs)."""
+    batches: int
+    """Batches handed to consumers."""
+    fps: float
+    """Items per second between the first and the latest item."""
+    restarts: int
+    """Restarts after crashes (see ``LaunchConfig.max_restarts``)."""
+    epoch: int
+    """Current seed epoch (0 at start, +1 per restart or recycle)."""
+    queue_depth: int
+    """Items received but not yet handed over in a batch."""
+    dropped_messages: int
+    """Malformed, oversized or foreign messages dropped (each also warned about)."""
+    last_error: Optional[str]
+    """The latest warning or error, if any."""
+    log_path: str
+    """Blender's log file on the actor's node."""
+    rss_bytes: int = 0
+    """Resident memory of the Blender process in bytes (0 when it is not running)."""
+    recycles: int = 0
+    """Planned Blender replacements (recycle_after_items / recycle_rss_mb)."""
+    lost_items: int = 0
+    """Items Blender reported sent (end marker) that never arrived."""
+    niceness: Optional[int] = None
+    """Blender's scheduling niceness (inherited from Ray's worker niceness; 0 in local mode)."""
+    warnings: list = field(default_factory=list)
+    """The latest warnings (at most ``MAX_WARNINGS``), oldest first."""
+
+
+def health_table(rows: Sequence[InstanceHealth]) -> str:
+    """A fixed-width table: one line per instance."""
+    head = f"{'btid':>4} {'alive':>5} {'pid':>7} {'items':>7} {'fps':>7} {'restarts':>8} {'queue':>5} {'rss MiB':>8}  last error"
+    lines = [head, "-" * len(head)]
+    for h in rows:
+        lines.append(
+            f"{h.btid:>4} {str(h.alive):>5} {str(h.pid or '-'):>7} {h.items:>7} {h.fps:>7.1f} "
+            f"{h.restarts:>8} {h.queue_depth:>5} {h.rss_bytes / 2**20:>8.0f}  {h.last_error or ''}"
+        )
+    return "\n".join(lines)
