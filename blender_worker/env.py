@@ -1,6 +1,6 @@
 """The Blender side of a gymnasium environment, served to ``blendtorch_ray.env.BlenderEnv``.
 
-A Blender script subclasses :class:`BaseEnv`, overrides a few methods and calls ``run()``::
+A Blender script subclasses `BaseEnv`, overrides a few methods and calls ``run()``::
 
     class MyEnv(BaseEnv):
         def _reset(self, options):          # scene to its initial state (first frame)

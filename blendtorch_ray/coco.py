@@ -69,7 +69,21 @@ def _file_name(item: Mapping[str, Any], index: int) -> str:
 
 
 def to_coco(items: Iterable[Mapping[str, Any]], options: Optional[CocoOptions] = None) -> dict:
-    """Build a COCO dataset dict (``images``, ``annotations``, ``categories``) from items."""
+    """Build a COCO dataset dict (``images``, ``annotations``, ``categories``) from items.
+
+    Args:
+        items: Item dicts with the keys of the table above (``instance`` required).
+        options: Categories, keypoint names, minimum area; None: defaults.
+
+    Returns:
+        The COCO dict (``info``, ``images``, ``annotations``, ``categories``), ready for
+        ``json.dump``; one annotation per visible object with RLE mask, box and area.
+
+    Raises:
+        KeyError: An item has no ``instance`` mask.
+        ValueError: A mask or the keypoints have the wrong shape.
+        ImportError: pycocotools is not installed (the ``coco`` extra).
+    """
     mask_api = _mask_api()
     opts = options or CocoOptions()
     images: list[dict] = []
@@ -151,9 +165,28 @@ def to_coco(items: Iterable[Mapping[str, Any]], options: Optional[CocoOptions] =
 def export_coco(
     items: Iterable[Mapping[str, Any]], directory: str, options: Optional[CocoOptions] = None
 ) -> str:
-    """Write ``directory/images/*.png`` and ``directory/annotations.json``; returns the json path.
+    """Write ``directory/images/*.png`` and ``directory/annotations.json``.
 
     Items are consumed once (a live stream works); each picture is written as it passes.
+
+    Args:
+        items: Item dicts with a picture (``rgba``/``image`` uint8) and an instance mask.
+        directory: Created if missing.
+        options: As for `to_coco`.
+
+    Returns:
+        The path of ``annotations.json``.
+
+    Raises:
+        KeyError: An item has no picture or no instance mask.
+        ValueError: A picture is not uint8 (render with ``color="srgb8"``).
+
+    Example:
+        Export 100 streamed frames and read them back with pycocotools::
+
+            path = export_coco(bl.dataset(max_items=100), "coco-out",
+                               CocoOptions(categories={1: "cube"}))
+            coco = pycocotools.coco.COCO(path)
     """
     from PIL import Image
 

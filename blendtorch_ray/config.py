@@ -13,7 +13,22 @@ from blendtorch_ray import validation as v
 class LaunchConfig:
     """Everything needed to start and supervise N Blender instances.
 
-    Only ``script`` is required; the defaults suit a workstation.
+    Only ``script`` is required; the defaults suit a workstation. Every field is a keyword
+    argument of `blendtorch_ray.launcher.BlenderLauncher` too. Paths are made absolute and
+    every value is checked here, so that a bad option fails before Ray or Blender start.
+
+    Raises:
+        FileNotFoundError: ``script`` or ``scene`` does not exist.
+        ValueError: A count, time or size is out of range, or ``instance_args`` does not
+            have one entry per instance; the message names the field, the value and a fix.
+
+    Example:
+        Four instances of a scene, each with its own arguments::
+
+            cfg = LaunchConfig(script="scene.py", scene="room.blend", num_instances=4,
+                               instance_args=[["--shape", s] for s in "abcd"])
+            with BlenderLauncher(cfg) as bl:
+                ...
     """
 
     script: str
@@ -128,7 +143,24 @@ class LaunchConfig:
         v.one_of("codec", self.codec, ("pickle", "json"), owner=own)
 
     def seed_for(self, btid: int, epoch: int) -> int:
+        """The launch seed of an instance in a restart epoch (see ``seed``).
+
+        Args:
+            btid: Instance id.
+            epoch: Restart epoch (0 on first start).
+
+        Returns:
+            ``seed + btid + 100003 * epoch``.
+        """
         return self.seed + btid + 100_003 * epoch
 
     def args_for(self, btid: int) -> list[str]:
+        """The script arguments of instance ``btid`` (see ``instance_args``).
+
+        Args:
+            btid: Instance id.
+
+        Returns:
+            A copy of ``instance_args[btid]``; empty without ``instance_args``.
+        """
         return list(self.instance_args[btid]) if self.instance_args else []

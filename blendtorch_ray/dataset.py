@@ -71,32 +71,43 @@ def worker_share(btids: Sequence[int], max_items: Optional[int], num_workers: in
 class RemoteIterableDataset(IterableDataset):
     """Items published by a running group of Blender instances.
 
-    Params
-    ------
-    group, namespace: str
-        Name of the launched group (``BlenderLauncher.name``) and its Ray namespace.
-    num_instances: int
-        Number of instances in the group.
-    max_items: int or None
-        Stop after this many items in total, whatever the number of DataLoader workers
-        (split over the workers that own an instance); None: until every instance finishes.
-    item_transform: callable or None
-        Applied to every item dict before it is yielded (runs in the DataLoader worker).
-    timeout: float
-        Seconds without any item before ``StreamTimeout`` is raised (naming each instance
-        and showing its log tail).
-    max_batches_in_flight: int
-        Batches each instance may produce ahead of the consumer.
-    btids: sequence of int or None
-        Read only these instances (e.g. a Ray Train rank's share: ``btid % world_size == rank``);
-        DataLoader workers split them further. None: all ``num_instances``.
-    record_to: str or None
-        Directory to record every yielded item to (raw, before ``item_transform``) as
-        WebDataset tar shards; replay with ``blendtorch_ray.recording.ReplayDataset``.
-    reconnect_timeout: float
-        Seconds to wait for Ray to recreate an instance whose actor or node was lost.
-    shared_memory_ring: bool
-        Read instances on this node through a shared-memory ring instead of the object store.
+    Usually made by ``BlenderLauncher.dataset()``. Each item is the dict the Blender script
+    published, plus ``btid``, ``seq``, ``seed``, ``epoch`` and ``generation``. The dataset
+    pickles into DataLoader workers (it holds names, not actor handles) and works in any
+    process connected to the group's Ray cluster.
+
+    Args:
+        group: Name of the launched group (``BlenderLauncher.name``).
+        namespace: The group's Ray namespace.
+        num_instances: Number of instances in the group.
+        max_items: Stop after this many items in total, whatever the number of DataLoader
+            workers (split over the workers that own an instance); None: until every
+            instance finishes.
+        item_transform: Applied to every item dict before it is yielded (runs in the
+            DataLoader worker).
+        timeout: Seconds without any item before `StreamTimeout` is raised (naming each
+            instance and showing its log tail).
+        max_batches_in_flight: Batches each instance may produce ahead of the consumer.
+        btids: Read only these instances (e.g. a Ray Train rank's share:
+            ``btid % world_size == rank``); DataLoader workers split them further. None: all
+            ``num_instances``.
+        record_to: Directory to record every yielded item to (raw, before
+            ``item_transform``) as WebDataset tar shards; replay with
+            `blendtorch_ray.recording.ReplayDataset`.
+        reconnect_timeout: Seconds to wait for Ray to recreate an instance whose actor or
+            node was lost.
+        shared_memory_ring: Read instances on this node through a shared-memory ring
+            instead of the object store.
+
+    Raises:
+        ValueError: A count or time is out of range, or a ``btid`` is not in the group.
+
+    Example:
+        What ``bl.dataset(max_items=1000)`` makes, for a running launcher ``bl``::
+
+            ds = RemoteIterableDataset(bl.name, bl.namespace, bl.num_instances, max_items=1000)
+            for batch in make_loader(ds, batch_size=8, num_workers=2):
+                ...
     """
 
     def __init__(

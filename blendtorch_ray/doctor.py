@@ -92,11 +92,15 @@ class BlenderReport:
     sources: list[str]
     """Where it was found: "bpy wheel", "PATH", "$BLENDTORCH_BLENDER"."""
     blender: Optional[BlenderExecutable] = None
+    """How to run it; None when it could not be resolved (see ``problems``)."""
     version: str = "-"
+    """Blender's version ("-": unknown)."""
     python: str = "-"
+    """Version of the Python inside it."""
     worker: str = "-"
     """'ok' if blender_worker, numpy and pyzmq import inside it, else the error."""
     exr: str = "-"
+    """'ok' if OpenEXR reading works inside it, else the error."""
     engines: dict = field(default_factory=dict)
     """Engine name -> 'ok 0.12s' / 'failed' / 'timeout' / 'skipped'."""
     problems: list[str] = field(default_factory=list)
@@ -109,7 +113,12 @@ class BlenderReport:
 
 
 def find_candidates() -> list[BlenderReport]:
-    """Every Blender the launcher could use: the bpy wheel, ``blender`` on PATH, $BLENDTORCH_BLENDER."""
+    """Every Blender the launcher could use: the bpy wheel, ``blender`` on PATH, $BLENDTORCH_BLENDER.
+
+    Returns:
+        One report per distinct Blender (not yet examined), plus one with a problem for
+        each place where none was found.
+    """
     found: dict[str, BlenderReport] = {}
 
     def add(source: str, resolve) -> None:
@@ -167,7 +176,16 @@ def _run_probe(exe: BlenderExecutable, source: str, args: Sequence[str], timeout
 
 
 def examine(report: BlenderReport, engines: Sequence[str] = ENGINES, timeout: float = 120.0) -> BlenderReport:
-    """Fill in versions, the blender_worker import check and the engine probes of ``report``."""
+    """Fill in versions, the blender_worker import check and the engine probes of ``report``.
+
+    Args:
+        report: From `find_candidates`; changed in place.
+        engines: Engines to probe (names of ``ENGINES``).
+        timeout: Seconds per probe subprocess.
+
+    Returns:
+        ``report``, with what to fix in ``problems``.
+    """
     exe = report.blender
     if exe is None:
         return report
@@ -211,7 +229,15 @@ def examine(report: BlenderReport, engines: Sequence[str] = ENGINES, timeout: fl
 
 
 def format_report(reports: Sequence[BlenderReport], engines: Sequence[str] = ENGINES) -> str:
-    """A fixed-width table of every Blender found, then what to fix."""
+    """A fixed-width table of every Blender found, then what to fix.
+
+    Args:
+        reports: Examined reports.
+        engines: The engine columns.
+
+    Returns:
+        The text ``blendtorch-ray doctor`` prints.
+    """
     head = ["found in", "kind", "path", "blender", "python", "blender_worker", *engines]
     rows = []
     for r in reports:
@@ -241,7 +267,19 @@ def format_report(reports: Sequence[BlenderReport], engines: Sequence[str] = ENG
 
 
 def run_doctor(engines: Sequence[str] = ENGINES, timeout: float = 120.0, jobs: int = 2) -> int:
-    """Examine every Blender found and print the table; 0 if at least one is usable."""
+    """Examine every Blender found and print the table (``blendtorch-ray doctor``).
+
+    Args:
+        engines: Engines to probe.
+        timeout: Seconds per probe subprocess.
+        jobs: Blenders examined in parallel.
+
+    Returns:
+        The exit code: 0 if at least one Blender is usable, else 1.
+
+    Raises:
+        ValueError: An engine name is unknown.
+    """
     unknown = set(engines) - set(ENGINES)
     if unknown:
         raise ValueError(f"unknown engine(s) {sorted(unknown)}: choose from {list(ENGINES)}")

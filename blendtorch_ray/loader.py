@@ -18,9 +18,28 @@ from blendtorch_ray.shm_ring import ring_block
 
 
 def make_loader(dataset: Any, batch_size: int = 8, num_workers: int = 0, **kwargs: Any) -> Any:
-    """A ``torch.utils.data.DataLoader`` over ``dataset`` (a ``RemoteIterableDataset``) that
-    batches with ``collate`` (below) and whose workers can use Ray
-    (forkserver start method when ``num_workers > 0``)."""
+    """A ``torch.utils.data.DataLoader`` over a stream, whose workers can use Ray.
+
+    Batches with `blendtorch_ray.loader.collate`. With ``num_workers > 0`` the workers
+    start with the forkserver method (a forked child cannot use its parent's Ray
+    connection) and each one reads its own share of the instances.
+
+    Args:
+        dataset: A `blendtorch_ray.dataset.RemoteIterableDataset` (any dataset works).
+        batch_size: Items per batch.
+        num_workers: DataLoader worker processes; 0 reads in this process.
+        **kwargs: Further ``DataLoader`` arguments; ``collate_fn``,
+            ``multiprocessing_context`` and ``persistent_workers`` override the defaults.
+
+    Returns:
+        The ``torch.utils.data.DataLoader``.
+
+    Example:
+        Two workers, each reading its share of the instances::
+
+            for batch in make_loader(bl.dataset(max_items=1000), batch_size=8, num_workers=2):
+                images = batch["image"]   # (8, H, W, 4) uint8 tensor
+    """
     from torch.utils.data import DataLoader
 
     kwargs.setdefault("collate_fn", collate)
@@ -31,12 +50,22 @@ def make_loader(dataset: Any, batch_size: int = 8, num_workers: int = 0, **kwarg
 
 
 def collate(batch: list) -> Any:
-    """Collate items into a batch: like ``default_collate``, but numpy arrays are stacked
-    with ``np.stack`` (5x faster than torch's per-item ``as_tensor`` + ``stack`` here) and
-    the warning about read-only arrays is not raised (Ray's zero-copy arrays are read-only;
-    stacking copies them anyway). Rows that the shared-memory ring already copied out as
-    one block are returned as that block, without a second copy (so a batch and the items
-    it was made of share memory; arrays from anywhere else are always copied)."""
+    """Collate items into a batch, like torch's ``default_collate`` but faster on arrays.
+
+    Numpy arrays are stacked with ``np.stack`` (5x faster than torch's per-item
+    ``as_tensor`` + ``stack`` here) and the warning about read-only arrays is not raised
+    (Ray's zero-copy arrays are read-only; stacking copies them anyway). Rows that the
+    shared-memory ring already copied out as one block are returned as that block, without a
+    second copy (so a batch and the items it was made of share memory; arrays from anywhere
+    else are always copied).
+
+    Args:
+        batch: The items (dicts, arrays or anything ``default_collate`` takes).
+
+    Returns:
+        Dicts collated key by key; arrays of one shape and dtype as one tensor with a
+        leading batch dimension; anything else as ``default_collate`` returns it.
+    """
     import torch
     from torch.utils.data import default_collate
 

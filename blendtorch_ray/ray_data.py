@@ -40,7 +40,13 @@ _OBJECT_MODES = ("pickle", "drop", "error")
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """How items are pulled from the instances and shaped into blocks."""
+    """How items are pulled from the instances and shaped into blocks.
+
+    Give its fields as keyword arguments of ``BlenderLauncher.ray_dataset()``.
+
+    Raises:
+        ValueError: A field is out of range, or ``columns`` is a string or empty.
+    """
 
     block_size: int = 32
     """Rows per block (8-64 frames keeps blocks within Ray's 1-128 MiB target)."""
@@ -70,7 +76,19 @@ def _is_scalar(value: Any) -> bool:
 
 
 def items_to_batch(items: Sequence[dict], options: ReadOptions = ReadOptions()) -> dict[str, np.ndarray]:
-    """Turn item dicts into one column batch (dict of numpy arrays), as described above."""
+    """Turn item dicts into one column batch (dict of numpy arrays), as described above.
+
+    Args:
+        items: The rows.
+        options: ``columns`` and ``objects`` decide which keys become columns and how.
+
+    Returns:
+        ``{column: array with one entry per item}``.
+
+    Raises:
+        KeyError: A requested column is in none of the items.
+        TypeError: A value is neither an array nor a scalar and ``objects="error"``.
+    """
     keys: list[str] = list(options.columns) if options.columns else []
     if not keys:
         for item in items:
@@ -145,6 +163,18 @@ class BlenderDatasource(Datasource):
 
     Read tasks: one per instance, or fewer when Ray asks for less parallelism (then each task
     reads several instances at once); the item budget is split evenly over the tasks.
+
+    Args:
+        group: Name of the launched group.
+        namespace: Its Ray namespace.
+        num_instances: Number of instances in the group.
+        num_items: Rows of the dataset (the group must render at least that many).
+        btids: Read only these instances; None: all.
+        options: How items are read and shaped into blocks.
+
+    Raises:
+        ValueError: ``num_items`` is not a positive integer, or ``btids`` is empty or not
+            a subset of the group.
     """
 
     def __init__(
@@ -172,9 +202,19 @@ class BlenderDatasource(Datasource):
         self.options = options
 
     def get_name(self) -> str:
+        """Name of the source in Ray Data's progress output.
+
+        Returns:
+            ``"Blender"``.
+        """
         return "Blender"
 
     def estimate_inmemory_data_size(self) -> Optional[int]:
+        """Bytes the dataset takes in memory, for Ray's planning.
+
+        Returns:
+            ``ReadOptions.item_nbytes * num_items``, or None when ``item_nbytes`` is unknown.
+        """
         if self.options.item_nbytes is None:
             return None
         return self.options.item_nbytes * self.num_items
@@ -185,6 +225,16 @@ class BlenderDatasource(Datasource):
         per_task_row_limit: Optional[int] = None,
         data_context: Any = None,
     ) -> list[ReadTask]:
+        """Split the read into tasks (called by Ray Data).
+
+        Args:
+            parallelism: Tasks Ray asks for; at most one per instance and per item.
+            per_task_row_limit: Row limit Ray passes on to each task (e.g. from ``limit()``).
+            data_context: Ray Data's context (unused).
+
+        Returns:
+            One ``ReadTask`` per group of instances, each with its share of ``num_items``.
+        """
         n = max(1, min(parallelism, len(self.btids), self.num_items))
         tasks = []
         for k in range(n):
@@ -214,9 +264,31 @@ def read_group(
 ) -> "ray.data.Dataset":
     """A ``ray.data.Dataset`` of ``num_items`` items from a running group.
 
-    ``options`` are ``ReadOptions`` fields (block_size, columns, objects, timeout,
-    max_batches_in_flight, item_nbytes); ``ray_remote_args`` go to the read tasks
-    (e.g. ``{"num_cpus": 0.5}``). Usually called as ``BlenderLauncher.ray_dataset(n)``.
+    Usually called as ``BlenderLauncher.ray_dataset(n)``.
+
+    Args:
+        group: Name of the launched group.
+        namespace: Its Ray namespace.
+        num_instances: Number of instances in the group.
+        num_items: Rows of the dataset.
+        btids: Read only these instances; None: all.
+        ray_remote_args: Resources of the read tasks (e.g. ``{"num_cpus": 0.5}``).
+        **options: `ReadOptions` fields (``block_size``, ``columns``, ``objects``,
+            ``timeout``, ``max_batches_in_flight``, ``item_nbytes``).
+
+    Returns:
+        The (lazy) ``ray.data.Dataset``.
+
+    Raises:
+        ValueError: An argument or option is invalid (see `ReadOptions`, `BlenderDatasource`).
+
+    Example:
+        256 rows of two columns, as torch batches::
+
+            ds = read_group("my-group", "blendtorch", num_instances=2, num_items=256,
+                            columns=("image", "xy"))
+            for batch in ds.iter_torch_batches(batch_size=32):
+                images = batch["image"]
     """
     if "columns" in options and options["columns"] is not None:
         options["columns"] = tuple(options["columns"])

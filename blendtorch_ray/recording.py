@@ -53,18 +53,29 @@ def _json_exact(value: Any) -> bool:
 class Recorder:
     """Write items (dicts) into tar shards ``<prefix>-<shard:06d>.tar`` in ``directory``.
 
-    Params
-    ------
-    directory: str
-        Created if missing. Several recorders may write into one directory (distinct prefixes).
-    prefix: str or None
-        Shard name prefix; default a unique ``rec-<time>-<random>``.
-    max_items_per_shard: int
-        A new shard starts after this many items.
-    max_shard_bytes: int
-        ... or once a shard grows past this size.
-    fsync: bool
-        Also ``fsync`` after every item (survives power loss, not only a killed process).
+    ``BlenderLauncher.dataset(record_to=...)`` records with one of these; use it directly
+    to record any iterable of items. ``items`` counts the items written, ``shards`` lists
+    the shard paths.
+
+    Args:
+        directory: Created if missing. Several recorders may write into one directory
+            (distinct prefixes).
+        prefix: Shard name prefix; default a unique ``rec-<time>-<random>``.
+        max_items_per_shard: A new shard starts after this many items ...
+        max_shard_bytes: ... or once a shard grows past this size.
+        fsync: Also ``fsync`` after every item (survives power loss, not only a killed
+            process).
+
+    Raises:
+        ValueError: A limit is below 1, or ``prefix`` contains '.' or '/'.
+
+    Example:
+        Record a live stream, replay it later::
+
+            with Recorder("recordings/run1") as rec:
+                for item in bl.dataset(max_items=1000):
+                    rec.write(item)
+            ds = ReplayDataset("recordings/run1")   # later, without Blender or Ray
     """
 
     def __init__(
@@ -112,7 +123,19 @@ class Recorder:
         self._tar.addfile(info, io.BytesIO(data))  # type: ignore[union-attr]
 
     def write(self, item: dict) -> None:
-        """Append one item; it is complete on disk when this returns."""
+        """Append one item; it is complete on disk when this returns.
+
+        Arrays become ``.npy`` members, JSON-able values go into the item's ``.json``,
+        anything else is pickled.
+
+        Args:
+            item: The item; its keys name tar members.
+
+        Raises:
+            TypeError: ``item`` is not a dict.
+            ValueError: A key is not a string, contains '.' or '/', or is reserved
+                (``__fields__``, ``json``).
+        """
         if not isinstance(item, dict):
             raise TypeError(f"recorded items are dicts, got {type(item).__name__}")
         bad = [k for k in item if not isinstance(k, str) or "." in k or "/" in k or k in (FIELDS, "json")]
@@ -167,10 +190,13 @@ class ShardReport:
     """What the index found in one shard."""
 
     path: str
+    """The shard file."""
     items: int
+    """Complete items found in it."""
     complete: bool
     """False when the shard ends mid-item (recording killed); its complete items still count."""
     detail: str = ""
+    """Why the shard is not complete ("" when it is)."""
 
 
 def _scan(path: str) -> tuple[list[dict[str, Any]], ShardReport]:
@@ -222,7 +248,17 @@ def _closed(path: str, size: int) -> bool:
 
 
 def shard_paths(source: Union[str, Sequence[str]]) -> list[str]:
-    """The .tar shards of a recording: a directory, a glob pattern, a file or a list of files."""
+    """The .tar shards of a recording.
+
+    Args:
+        source: A recording directory, a glob pattern, a shard file or a list of files.
+
+    Returns:
+        The shard paths (sorted, unless given as a list).
+
+    Raises:
+        FileNotFoundError: No shard found.
+    """
     if isinstance(source, (list, tuple)):
         paths = [str(p) for p in source]
     elif os.path.isdir(source):
@@ -241,12 +277,20 @@ class ReplayDataset(Dataset):
     ``btid``, ``seq``, ... as published). ``summary`` says how many items were found and
     which shards were cut short. Needs neither Blender nor Ray.
 
-    Params
-    ------
-    source: str or list of str
-        Recording directory, glob pattern, or shard files.
-    item_transform: callable or None
-        Applied to every item on access.
+    Args:
+        source: Recording directory, glob pattern, or shard files (see `shard_paths`).
+        item_transform: Applied to every item on access.
+
+    Raises:
+        FileNotFoundError: No shard found.
+
+    Example:
+        Shuffled batches from a recording::
+
+            ds = ReplayDataset("recordings/run1")
+            print(ds.summary)
+            loader = torch.utils.data.DataLoader(ds, batch_size=8, shuffle=True,
+                                                 collate_fn=blendtorch_ray.loader.collate)
     """
 
     def __init__(self, source: Union[str, Sequence[str]], item_transform: Optional[Callable[[dict], Any]] = None) -> None:
@@ -309,6 +353,7 @@ class ReplayDataset(Dataset):
         return state
 
     def close(self) -> None:
+        """Close the shard files opened for reading (they reopen on the next access)."""
         for f in self._files.values():
             f.close()
         self._files = {}
