@@ -10,7 +10,7 @@ Poll without blocking the frame loop, typically in ``pre_frame``::
     chan = DuplexChannel(launch, publisher=pub)
 
     def pre_frame():
-        msg = chan.recv(timeoutms=0)
+        msg = chan.recv(timeout=0.0)
         if msg is not None:
             params.update(msg.payload)          # new simulation parameters
             chan.reply(msg, ok=True)
@@ -52,7 +52,8 @@ class DuplexChannel:
         publisher: A `blender_worker.publisher.DataPublisher`, or None. When given, its
             ``generation`` attribute follows the last received message, so every
             published item is tagged with the generation it was rendered under.
-        linger_ms: How long pending replies may take to flush when the channel closes.
+        linger_ms: How long pending replies may take to flush when the channel closes, in
+            milliseconds (ZeroMQ's ``LINGER``, hence its unit).
 
     Raises:
         ValueError: The instance was launched without a control address (not through
@@ -76,16 +77,17 @@ class DuplexChannel:
         self._closed = False
         atexit.register(self.close)
 
-    def recv(self, timeoutms: int = 0) -> Optional[Message]:
+    def recv(self, timeout: float = 0.0) -> Optional[Message]:
         """The next message from the trainer.
 
         A received message sets ``generation`` (and the publisher's) to its generation.
 
         Args:
-            timeoutms: Milliseconds to wait; 0 only polls (does not block the frame loop).
+            timeout: Seconds to wait (float, millisecond resolution); 0 only polls (does
+                not block the frame loop).
 
         Returns:
-            The `Message`, or None if none arrived within ``timeoutms``.
+            The `Message`, or None if none arrived within ``timeout``.
 
         Raises:
             RuntimeError: The channel is closed.
@@ -93,7 +95,7 @@ class DuplexChannel:
         """
         if self._closed:
             raise RuntimeError("recv() on a closed DuplexChannel")
-        if not self._sock.poll(timeoutms, zmq.POLLIN):
+        if not self._sock.poll(round(timeout * 1000), zmq.POLLIN):
             return None
         header, obj = sockets.recv(self._sock)
         if header.get("kind") != KIND_CONTROL or not isinstance(obj, dict):

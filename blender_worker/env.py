@@ -46,6 +46,13 @@ from blender_worker.protocol import KIND_ENV, EnvArgs, EnvCommand, LaunchArgs, p
 ObsType = TypeVar("ObsType")
 ActType = TypeVar("ActType")
 
+REPLY_LINGER_MS = 1000
+"""Milliseconds the last reply (to ``close``) may take to flush when ``run`` ends (ZeroMQ's
+``LINGER``)."""
+
+IDLE_POLL_S = 0.1
+"""Seconds of one wait for a request in real-time mode while the episode is over."""
+
 class BaseEnv(Generic[ObsType, ActType]):
     """Base class of a Blender-side environment; subclasses implement the episode logic.
 
@@ -187,15 +194,11 @@ class BaseEnv(Generic[ObsType, ActType]):
         return obs, float(reward), terminated, truncated, info
 
     # ----------------------------------------------------------------- serving
-    def run(self, poll_ms: int = 100) -> None:
-        """Serve the driver until it sends ``close`` (or goes away: the lifeline ends us).
-
-        Args:
-            poll_ms: Not used (requests are waited for without a poll interval).
-        """
+    def run(self) -> None:
+        """Serve the driver until it sends ``close`` (or goes away: the lifeline ends us)."""
         ctx = zmq.Context.instance()
         sock = ctx.socket(zmq.REP)
-        sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
         sock.connect(self.launch.control_address)
         try:
             if self.env_args.real_time:
@@ -226,7 +229,7 @@ class BaseEnv(Generic[ObsType, ActType]):
             running = not self._episode_over
             now = time.monotonic()
             if pending is None:
-                wait = max(0.0, next_frame - now) if running else 0.1
+                wait = max(0.0, next_frame - now) if running else IDLE_POLL_S
                 if poller.poll(int(wait * 1000)):
                     request = _recv(sock)
                     if request.get("cmd") == EnvCommand.STEP and running:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import threading
 import time
 
+log = logging.getLogger("blender_worker")
+
 _armed = False
+
+EXIT_ON_PARENT_GONE = 3
+"""Exit code of a Blender process whose supervisor went away."""
 
 
 def watch_parent(parent_pid: int, interval: float = 0.5) -> None:
@@ -26,16 +32,16 @@ def watch_parent(parent_pid: int, interval: float = 0.5) -> None:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         PR_SET_PDEATHSIG = 1
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except OSError:
-        pass
+    except OSError as exc:  # no glibc (not Linux): the polling thread below is the lifeline
+        log.debug("prctl(PR_SET_PDEATHSIG) unavailable (%s); polling the parent only", exc)
     if os.getppid() != parent_pid and not _alive(parent_pid):
-        os._exit(3)
+        os._exit(EXIT_ON_PARENT_GONE)
 
     def _poll() -> None:
         while True:
             time.sleep(interval)
             if not _alive(parent_pid):
-                os._exit(3)
+                os._exit(EXIT_ON_PARENT_GONE)
 
     threading.Thread(target=_poll, name="blendtorch-parent-watch", daemon=True).start()
 
@@ -73,5 +79,6 @@ def exit_gracefully_on_sigterm() -> None:
 
     try:
         signal.signal(signal.SIGTERM, _handler)
-    except ValueError:  # not the main thread
-        pass
+    except ValueError:  # not the main thread: SIGTERM keeps its default (immediate exit)
+        log.warning("exit_gracefully_on_sigterm() called outside the main thread; SIGTERM "
+                    "ends this Blender without flushing its publisher")

@@ -12,6 +12,9 @@ import zmq
 from blender_worker import codec
 from blender_worker.protocol import KIND_END, KIND_READY, LaunchArgs, check_item_keys
 
+ACK_POLL_S = 0.02
+"""Seconds between two looks for the actor's acknowledgement file when the publisher closes."""
+
 
 class DataPublisher:
     """Send items (dicts of numpy arrays and any pickle-able objects) to the actor.
@@ -25,8 +28,10 @@ class DataPublisher:
 
     Args:
         launch: From ``parse_launch_args()``; gives the address, instance id, seed and codec.
-        send_hwm: Maximum number of messages queued in Blender before ``publish`` blocks.
-        linger_ms: How long pending messages may take to flush when the publisher closes.
+        send_hwm: Maximum number of messages queued in Blender before ``publish`` blocks
+            (ZeroMQ's ``SNDHWM``).
+        linger_ms: How long pending messages may take to flush when the publisher closes,
+            in milliseconds (ZeroMQ's ``LINGER``, hence its unit).
 
     Raises:
         ValueError: The instance was not launched by blendtorch_ray (no data address).
@@ -108,7 +113,8 @@ class DataPublisher:
         """Send the end marker, flush pending items and close the socket; idempotent.
 
         Args:
-            linger_ms: Longest wait for pending items to flush; None: the constructor's.
+            linger_ms: Longest wait for pending items to flush, in milliseconds (ZeroMQ's
+                ``LINGER``); None: the constructor's.
         """
         if self._closed:
             return
@@ -135,7 +141,7 @@ class DataPublisher:
             return
         ack = f"{self.launch.ack_path}.{self.launch.epoch}"
         while not os.path.exists(ack):
-            time.sleep(0.02)
+            time.sleep(ACK_POLL_S)
 
     def __enter__(self) -> "DataPublisher":
         return self

@@ -8,22 +8,31 @@ from __future__ import annotations
 
 import numpy as np
 
+TGA_HEADER_BYTES = 18
+"""Size of a Targa file's fixed header; the image id and then the pixels follow it."""
+
+TGA_TRUE_COLOR = 2
+"""Targa image type of uncompressed true-colour images (the only one Blender writes raw)."""
+
+TGA_TOP_LEFT = 0x20
+"""Bit of the Targa image descriptor that puts the origin at the top left."""
+
 
 def read_tga(path: str) -> np.ndarray:
     """Read an uncompressed 24/32-bit Targa file into an (H, W, 4) uint8 RGBA array."""
     data = np.fromfile(path, dtype=np.uint8)
-    if data.size < 18:
+    if data.size < TGA_HEADER_BYTES:
         raise ValueError(f"{path}: not a Targa file ({data.size} bytes)")
     id_len, _, img_type = int(data[0]), int(data[1]), int(data[2])
     width = int(data[12]) | (int(data[13]) << 8)
     height = int(data[14]) | (int(data[15]) << 8)
     bpp, descriptor = int(data[16]), int(data[17])
-    if img_type != 2 or bpp not in (24, 32):
+    if img_type != TGA_TRUE_COLOR or bpp not in (24, 32):
         raise ValueError(f"{path}: only uncompressed true-colour Targa is supported")
     channels = bpp // 8
-    start = 18 + id_len
+    start = TGA_HEADER_BYTES + id_len
     pix = data[start : start + width * height * channels].reshape(height, width, channels)
-    if not descriptor & 0x20:  # bottom-left origin
+    if not descriptor & TGA_TOP_LEFT:  # bottom-left origin
         pix = pix[::-1]
     rgba = np.empty((height, width, 4), dtype=np.uint8)
     rgba[..., 0] = pix[..., 2]

@@ -19,6 +19,7 @@ This module imports nothing but the standard library and numpy: it runs inside B
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import time
@@ -26,10 +27,18 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+log = logging.getLogger("blender_worker")
+
 HEADER = 64
+"""Bytes of each slot's header (its state word, padded to one cache line)."""
 ALIGN = 64
+"""Alignment, in bytes, of each buffer within a slot."""
 INLINE_BELOW = 64 * 1024
 """Items whose array buffers total less than this go inline through ZeroMQ."""
+
+FREE_SLOT_POLL_S = (0.0001, 0.005)
+"""First and longest pause, in seconds, between two looks for a free slot while the actor
+holds them all (the pause doubles up to the longest)."""
 
 
 def _aligned(n: int) -> int:
@@ -81,14 +90,14 @@ class SlotFile:
         return slot, sizes
 
     def _free_slot(self) -> int:
-        pause = 0.0001
+        pause, longest = FREE_SLOT_POLL_S
         while True:
             for k in range(self.slots):
                 slot = (self._next + k) % self.slots
                 if self._states[slot][0] == 0:
                     return slot
             time.sleep(pause)  # every slot is held (by the actor or a consumer): backpressure
-            pause = min(pause * 2, 0.005)
+            pause = min(pause * 2, longest)
 
     # -- actor (reader) --------------------------------------------------------------
     def views(self, slot: int, sizes: Sequence[int]) -> Optional[list[memoryview]]:
@@ -141,11 +150,11 @@ class SlotFile:
         self._buf = None
         try:
             self._mm.close()
-        except BufferError:
-            pass
+        except BufferError:  # arrays still view the mapping: it is unmapped with the last of them
+            log.debug("slot file %s still in use by arrays; unmapped when they are freed", self.path)
 
     def unlink(self) -> None:
         try:
             os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        except FileNotFoundError:  # the other side (or a sweep) removed it first: already done
+            log.debug("slot file %s already removed", self.path)

@@ -41,6 +41,15 @@ FAIR_START_S = 1.0
 """Longest wait, when a read starts, for every instance's stream to have something ready
 (about the actor's ``max_batch_delay``, after which it sends a partial batch)."""
 
+RECONNECT_RETRY_S = 1.0
+"""Seconds between two attempts to reach a recreated actor (and the shortest wait of one)."""
+
+DIAGNOSE_TIMEOUT_S = 10.0
+"""Seconds each diagnostic call (health, log tail) of a stream timeout may take per instance."""
+
+TIMEOUT_LOG_LINES = 15
+"""Lines of each waited-for instance's Blender log that a ``StreamTimeout`` carries."""
+
 
 def worker_share(btids: Sequence[int], max_items: Optional[int], num_workers: int, worker: int) -> tuple[list[int], Optional[int]]:
     """The instances DataLoader worker ``worker`` of ``num_workers`` reads, and its share of
@@ -240,8 +249,10 @@ class RemoteIterableDataset(IterableDataset):
             for gen in gens:
                 try:
                     ray.cancel(gen)
-                except Exception:  # noqa: BLE001 - the actor may be gone already
-                    pass
+                except (ray.exceptions.RayError, TypeError, ValueError) as exc:
+                    # The actor (or Ray) may be gone already: nothing left to cancel. Ray raises
+                    # RayError subclasses for that, TypeError/ValueError for a refused cancel.
+                    log.debug("cancelling a stream of group %r failed: %s", self.group, exc)
 
     def _next_ready(self, gens: dict) -> Any:
         """The first stream, in ``gens``' order, with a batch ready; waits up to ``timeout``
@@ -262,7 +273,7 @@ class RemoteIterableDataset(IterableDataset):
         deadline = time.monotonic() + self.reconnect_timeout
         while True:
             try:
-                info = ray.get(actor.wait_ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                info = ray.get(actor.wait_ready.remote(), timeout=max(RECONNECT_RETRY_S, deadline - time.monotonic()))
                 break
             except ACTOR_LOST + (ray.exceptions.GetTimeoutError,) as exc:
                 if time.monotonic() > deadline:
@@ -272,7 +283,7 @@ class RemoteIterableDataset(IterableDataset):
                         f"resources for it (e.g. the 'blender' resource)? Last error: {exc}",
                         btid=btid,
                     ) from exc
-                time.sleep(1.0)
+                time.sleep(RECONNECT_RETRY_S)
         log.warning("instance %d of %r is back on node %s (epoch %s)", btid, self.group, info.get("node_id"), info.get("epoch"))
         return self._open_stream(actor)
 
@@ -289,13 +300,14 @@ class RemoteIterableDataset(IterableDataset):
         lines, tails = [], []
         for b in waiting:
             try:
-                h = ray.get(actors[b].health.remote(), timeout=10)
+                h = ray.get(actors[b].health.remote(), timeout=DIAGNOSE_TIMEOUT_S)
                 lines.append(
                     f"instance {b}: alive={h.alive} items={h.items} restarts={h.restarts} "
                     f"last_error={h.last_error}"
                 )
-                tails.append(f"[instance {b}]\n" + ray.get(actors[b].log_tail.remote(15), timeout=10))
-            except Exception as exc:  # noqa: BLE001
+                tails.append(f"[instance {b}]\n" + ray.get(actors[b].log_tail.remote(TIMEOUT_LOG_LINES),
+                                                           timeout=DIAGNOSE_TIMEOUT_S))
+            except ray.exceptions.RayError as exc:  # dead, unreachable or slow actor (GetTimeoutError)
                 lines.append(f"instance {b}: unreachable ({type(exc).__name__})")
         btid = waiting[0] if len(waiting) == 1 else None
         return StreamTimeout(

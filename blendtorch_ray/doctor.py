@@ -9,6 +9,7 @@ and one per engine renders a 32x24 frame to a file.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -22,6 +23,8 @@ from typing import Optional, Sequence
 
 from blendtorch_ray.blender import ENV_VAR, BlenderExecutable, binary_version, check_binary, find_blender
 from blendtorch_ray.errors import BlenderNotFoundError
+
+log = logging.getLogger("blendtorch_ray")
 
 ENGINES = ("workbench", "eevee", "cycles")
 _MARK = "BTR-DOCTOR "
@@ -78,7 +81,7 @@ _RENDER_PROBE = textwrap.dedent(
     t = time.perf_counter()
     bpy.ops.render.render(write_still=True)
     dt = time.perf_counter() - t
-    ok = os.path.isfile(path) and os.path.getsize(path) > 18
+    ok = os.path.isfile(path) and os.path.getsize(path) > 18  # more than a TGA file's 18-byte header
     print(%r + json.dumps({"ok": ok, "seconds": dt}), flush=True)
     """
     % _MARK
@@ -195,8 +198,8 @@ def examine(report: BlenderReport, engines: Sequence[str] = ENGINES, timeout: fl
         except BlenderNotFoundError as exc:
             try:
                 report.version = ".".join(map(str, binary_version(exe.path)))
-            except BlenderNotFoundError:
-                pass
+            except BlenderNotFoundError as version_exc:  # the version stays unknown; exc says why
+                log.debug("no version of %s: %s", exe.path, version_exc)
             report.problems.append(str(exc))
             report.engines = {e: "skipped" for e in engines}
             return report

@@ -40,6 +40,13 @@ from blendtorch_ray.errors import StreamTimeout
 
 log = logging.getLogger("blendtorch_ray")
 
+OUTBOX_RETRY_S = 0.01
+"""Seconds between two attempts to send the outbox while Blender has not connected yet."""
+
+LOCKED_POLL_S = 0.01
+"""Longest wait, in seconds, of one ``ControlEndpoint.recv`` poll under the socket lock (a
+``send`` from another thread waits at most this long for the lock)."""
+
 
 @dataclass
 class Reply:
@@ -108,7 +115,7 @@ class ControlEndpoint:
 
     def _retry_flush(self) -> None:
         while True:
-            time.sleep(0.01)
+            time.sleep(OUTBOX_RETRY_S)
             with self._lock:
                 if self._closed:
                     return
@@ -153,7 +160,7 @@ class ControlEndpoint:
             if replies or left <= 0:
                 return replies
             with self._lock:  # sockets are not thread-safe: wait under the lock, briefly
-                self._sock.poll(int(min(left, 0.01) * 1000) + 1, zmq.POLLIN)
+                self._sock.poll(int(min(left, LOCKED_POLL_S) * 1000) + 1, zmq.POLLIN)  # +1: round up to whole ms
 
     def _reply(self, obj: dict) -> dict:
         payload = {k: v for k, v in obj.items() if k not in RESERVED_PAYLOAD_KEYS}
@@ -166,15 +173,6 @@ class ControlEndpoint:
             "generation": int(obj.get(GENERATION, 0)),
             "payload": payload,
         }
-
-    def pending(self) -> int:
-        """Messages still waiting for Blender to connect.
-
-        Returns:
-            The number of queued messages.
-        """
-        with self._lock:
-            return len(self._outbox)
 
     def close(self) -> None:
         """Close the socket; queued messages are dropped."""

@@ -14,6 +14,7 @@ collection and at interpreter exit; if this process is killed, Blender's lifelin
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import weakref
@@ -32,6 +33,15 @@ from blendtorch_ray.process import BlenderProcess
 from blendtorch_ray.transport import PrivateDir, owned_prefix
 
 gym = require("gymnasium", "rl", "blendtorch_ray.env (Blender scenes as gymnasium environments)")
+
+log = logging.getLogger("blendtorch_ray")
+
+ALIVE_CHECK_MS = 100
+"""Milliseconds between two checks that Blender still lives while a request waits."""
+
+CLOSE_REPLY_WAIT_MS = 2000
+"""Milliseconds ``close`` waits for Blender to acknowledge the ``close`` command before it
+terminates the process anyway."""
 
 
 @dataclass
@@ -112,10 +122,10 @@ class _Connection:
         if self.proc.alive() and self.ready:
             try:
                 sockets.send(self.sock, {"cmd": EnvCommand.CLOSE}, kind=KIND_ENV, flags=zmq.NOBLOCK)
-                if self.sock.poll(2000):
+                if self.sock.poll(CLOSE_REPLY_WAIT_MS):
                     self.sock.recv_multipart()
-            except zmq.ZMQError:
-                pass
+            except zmq.ZMQError as exc:  # best effort: terminate() below ends Blender anyway
+                log.debug("env btid=%d: close command not delivered (%s)", self.config.btid, exc)
         self.proc.terminate()
         self.sock.close(0)
         self.dir.cleanup()
@@ -172,7 +182,7 @@ class BlenderEnv(gym.Env):
         self.epoch = 0
         self._holder: list = [None]
         self._broken = False
-        self._finalizer = weakref.finalize(self, _close_connection, self._holder)
+        weakref.finalize(self, _close_connection, self._holder)  # kept alive by weakref itself
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -224,13 +234,13 @@ class BlenderEnv(gym.Env):
         return reply
 
     def _exchange(self, conn: _Connection, message: dict, what: str, timeout: float, died: type) -> Any:
-        """Send one request and wait for its reply, checking every 100 ms that Blender lives.
+        """Send one request and wait for its reply, checking every ``ALIVE_CHECK_MS`` that Blender lives.
 
         The send waits too: a REQ socket has nobody to send to until Blender has connected.
         """
         deadline = time.monotonic() + timeout
         for event in (zmq.POLLOUT, zmq.POLLIN):
-            while not conn.sock.poll(100, event):
+            while not conn.sock.poll(ALIVE_CHECK_MS, event):
                 self._check(conn, what, timeout, deadline, died)
             if event == zmq.POLLOUT:
                 sockets.send(conn.sock, message, kind=KIND_ENV)

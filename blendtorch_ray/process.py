@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -9,6 +10,18 @@ import time
 from typing import Optional, Sequence
 
 from blendtorch_ray.blender import BlenderExecutable
+
+log = logging.getLogger("blendtorch_ray")
+
+POLL_INTERVAL_S = 0.02
+"""Seconds between two looks at an adopted process (its exit file, its state)."""
+
+EXIT_CODE_WAIT_S = 2.0
+"""Seconds to wait for an adopted process's exit code once it is gone: its parent writes
+the code right after reaping it."""
+
+KILL_REAP_TIMEOUT_S = 5.0
+"""Seconds ``BlenderProcess.terminate`` waits to reap the child after SIGKILL."""
 
 
 def tail_file(path: str, max_lines: int = 30, max_bytes: int = 16_384) -> str:
@@ -54,9 +67,9 @@ class _AdoptedPopen:
         if code is None:
             if self._running():
                 return None
-            deadline = time.monotonic() + 2.0  # its parent writes the code right after reaping
+            deadline = time.monotonic() + EXIT_CODE_WAIT_S
             while code is None and time.monotonic() < deadline:
-                time.sleep(0.02)
+                time.sleep(POLL_INTERVAL_S)
                 code = self._read_exit()
             if code is None:
                 code = -signal.SIGKILL  # gone without a word: count it as killed
@@ -68,7 +81,7 @@ class _AdoptedPopen:
         while self.poll() is None:
             if deadline is not None and time.monotonic() > deadline:
                 raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
-            time.sleep(0.02)
+            time.sleep(POLL_INTERVAL_S)
         return self.returncode  # type: ignore[return-value]
 
 
@@ -103,7 +116,6 @@ class BlenderProcess:
                 start_new_session=True,
                 close_fds=True,
             )
-        self.started_at = time.monotonic()
 
     @classmethod
     def adopt(cls, blender: BlenderExecutable, pid: int, log_path: str, exit_file: str) -> "BlenderProcess":
@@ -112,7 +124,6 @@ class BlenderProcess:
         self = cls.__new__(cls)
         self.blender, self.cmd, self.log_path = blender, [f"<adopted pid {pid}>"], log_path
         self._popen = _AdoptedPopen(pid, exit_file)  # type: ignore[assignment]
-        self.started_at = time.monotonic()
         return self
 
     @property
@@ -133,18 +144,19 @@ class BlenderProcess:
         """Send ``sig`` to the Blender process (no-op if it is gone)."""
         try:
             os.kill(self._popen.pid, sig)
-        except ProcessLookupError:
-            pass
+        except ProcessLookupError:  # gone already: nothing to signal, as documented
+            log.debug("Blender pid %d is gone; signal %d not sent", self._popen.pid, sig)
 
     def rss_bytes(self) -> int:
         """Resident memory of the Blender process (0 if gone)."""
         if not self.alive():
             return 0
-        try:
-            import psutil
+        import psutil
 
+        try:
             return psutil.Process(self._popen.pid).memory_info().rss
-        except Exception:  # noqa: BLE001
+        except psutil.Error as exc:  # exited (or became a zombie) since alive(), or not ours to read
+            log.debug("rss of Blender pid %d unavailable (%s): counted as 0", self._popen.pid, type(exc).__name__)
             return 0
 
     def niceness(self) -> Optional[int]:
@@ -161,16 +173,16 @@ class BlenderProcess:
         if self._popen.poll() is None:
             try:
                 os.killpg(self._popen.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            except ProcessLookupError:  # exited since poll(): the wait below reaps it
+                log.debug("Blender pid %d exited before SIGTERM", self._popen.pid)
             try:
                 self._popen.wait(timeout)
             except subprocess.TimeoutExpired:
                 try:
                     os.killpg(self._popen.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self._popen.wait(5)
+                except ProcessLookupError:  # exited at last: the wait below reaps it
+                    log.debug("Blender pid %d exited before SIGKILL", self._popen.pid)
+                self._popen.wait(KILL_REAP_TIMEOUT_S)
         return self._popen.poll()
 
     def describe_exit(self) -> str:

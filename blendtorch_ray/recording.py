@@ -238,13 +238,20 @@ def _scan(path: str) -> tuple[list[dict[str, Any]], ShardReport]:
     return items, ShardReport(path, len(items), clean, detail)
 
 
+TAR_BLOCK = 512
+"""Bytes of a tar block: a tar file is a whole number of them."""
+
+TAR_END_OF_ARCHIVE = 2 * TAR_BLOCK
+"""Bytes of the zero blocks that end a complete tar file."""
+
+
 def _closed(path: str, size: int) -> bool:
     """True when the shard ends with tar's end-of-archive blocks (a finished recording)."""
-    if size < 1024 or size % 512:
+    if size < TAR_END_OF_ARCHIVE or size % TAR_BLOCK:
         return False
     with open(path, "rb") as f:
-        f.seek(size - 1024)
-        return f.read(1024) == bytes(1024)
+        f.seek(size - TAR_END_OF_ARCHIVE)
+        return f.read(TAR_END_OF_ARCHIVE) == bytes(TAR_END_OF_ARCHIVE)
 
 
 def shard_paths(source: Union[str, Sequence[str]]) -> list[str]:

@@ -29,6 +29,15 @@ require("ray.rllib", "rl", "blendtorch_ray.rllib")
 
 _counter = itertools.count()
 
+BTID_PER_WORKER = 1_000_000
+"""``btid`` range of one env runner: runner ``k`` numbers its envs from ``k * BTID_PER_WORKER``."""
+
+PID_MODULUS = 10_000
+"""Distinct process ids per env runner in a ``btid`` (the pid is taken modulo this)."""
+
+ENVS_PER_PROCESS = 100
+"""Distinct envs per process in a ``btid`` (the env counter is taken modulo this)."""
+
 
 def instance_identity(worker_index: int, base_seed: int = 0) -> tuple[int, int]:
     """A fresh ``(btid, seed)`` for an env built in this process by env runner ``worker_index``.
@@ -46,7 +55,7 @@ def instance_identity(worker_index: int, base_seed: int = 0) -> tuple[int, int]:
     """
     n = next(_counter)
     pid = os.getpid()
-    btid = int(worker_index) * 1_000_000 + (pid % 10_000) * 100 + n % 100
+    btid = int(worker_index) * BTID_PER_WORKER + (pid % PID_MODULUS) * ENVS_PER_PROCESS + n % ENVS_PER_PROCESS
     seed = int(np.random.SeedSequence([base_seed, int(worker_index), pid, n]).generate_state(1)[0] % (2**31))
     return btid, seed
 

@@ -22,11 +22,15 @@ from typing import Any, Optional
 
 import numpy as np
 
-from blender_worker.slots import SlotFile
+from blender_worker.slots import ALIGN, SlotFile
 
 HEADER = 64  # the ring's own header before its slots (SlotFile's ``reserved``)
 CLOSED_OFFSET = 0  # global header: reader-closed flag
 TAKEN_OFFSET = 8  # global header: Blender slots the reader has freed
+WORD = 8  # bytes of one global header field (a uint64)
+
+FULL_SLOT_POLL_S = 0.0005
+"""Seconds between two looks at the next ring slot while the reader still holds it."""
 
 # Blocks that ``take`` copied out of a slot, by id: ``collate`` may return rows of these as
 # a batch without copying (they are fresh memory nobody else holds); never a user's array.
@@ -48,8 +52,8 @@ class ShmRing:
         self.path, self.slots, self.slot_bytes = path, slots, slot_bytes
         self._file = SlotFile(path, slots, slot_bytes, create=create, reserved=HEADER)
         self._buf = self._file.buffer
-        self._closed_flag = self._buf[CLOSED_OFFSET:8].view(np.uint64)
-        self._taken = self._buf[TAKEN_OFFSET : TAKEN_OFFSET + 8].view(np.uint64)
+        self._closed_flag = self._buf[CLOSED_OFFSET : CLOSED_OFFSET + WORD].view(np.uint64)
+        self._taken = self._buf[TAKEN_OFFSET : TAKEN_OFFSET + WORD].view(np.uint64)
         self._source: Any = None
         self._next = 0
 
@@ -82,7 +86,7 @@ class ShmRing:
             for key, value in item.items():
                 if isinstance(value, np.ndarray) and value.dtype != object and (i, key) not in forwarded:
                     columns.setdefault(key, []).append((i, value))
-        need = sum(-(-sum(v.nbytes for _, v in col) // 64) * 64 for col in columns.values())
+        need = sum(-(-sum(v.nbytes for _, v in col) // ALIGN) * ALIGN for col in columns.values())
         if need > self.slot_bytes:
             return None
         slot = self._next
@@ -90,7 +94,7 @@ class ShmRing:
         while not self._file.is_free(slot):
             if self._closed_flag[0] or time.monotonic() > deadline:
                 raise ConnectionAbortedError("shared-memory ring: the reader went away")
-            time.sleep(0.0005)
+            time.sleep(FULL_SLOT_POLL_S)
         base = self._file.data_start(slot)
         items = [dict(item) for item in batch]
         for (i, key), marker in forwarded.items():
@@ -102,7 +106,7 @@ class ShmRing:
                 view[:] = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
                 items[i][key] = ("__btr_shm__", offset, arr.dtype.str, arr.shape)
                 offset += arr.nbytes
-            offset = -(-offset // 64) * 64
+            offset = -(-offset // ALIGN) * ALIGN
         self._file.mark_full(slot)
         self._next = (slot + 1) % self.slots
         desc: dict = {"__btr_ring_slot__": slot, "items": items}

@@ -57,7 +57,7 @@ def sweep_stale_dirs() -> None:
     for base in {memory_dir(), tempfile.gettempdir()} - {None}:
         for path in glob.glob(os.path.join(base, "btr-*-*-*")):
             try:
-                pid = int(os.path.basename(path).split("-")[2])
+                pid = int(os.path.basename(path).split("-")[2])  # btr-<kind>-<pid>-..., see owned_prefix
                 os.kill(pid, 0)
             except (ValueError, IndexError):
                 continue

@@ -30,7 +30,7 @@ ECHO = """
     received = []
 
     def pre_frame():
-        while (msg := chan.recv(timeoutms=0)) is not None:
+        while (msg := chan.recv(timeout=0.0)) is not None:
             received.append(msg.msg_id)
             chan.reply(msg, echo=msg.payload, me=launch.btid, received=list(received),
                        generation_seen=chan.generation)

@@ -23,6 +23,9 @@ from blender_worker.duplex import DuplexChannel
 
 LOW, HIGH = 0.2, 1.9
 
+IDLE_WAIT_S = 0.1
+"""Seconds of one wait for the next message once the requested ``count`` is rendered."""
+
 
 def build_scene(width: int, height: int):
     for obj in list(bpy.data.objects):
@@ -62,7 +65,7 @@ def main() -> None:
         nonlocal theta, remaining
         while True:
             idle = remaining is not None and remaining <= 0
-            msg = chan.recv(timeoutms=100 if idle else 0)  # idle: wait for the next request
+            msg = chan.recv(timeout=IDLE_WAIT_S if idle else 0.0)  # idle: wait for the next request
             if msg is not None:
                 params["mu"] = np.asarray(msg.payload["mu"], dtype=np.float64)
                 params["sigma"] = np.asarray(msg.payload["sigma"], dtype=np.float64)
