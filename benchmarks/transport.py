@@ -102,7 +102,7 @@ def naive_relay(n: int, shape: tuple, loader_batch: int = 8) -> tuple[int, float
     class NaiveRelay(BlenderActor):
         def next_frame(self) -> dict:
             while True:
-                msg = self._recv(1000)
+                msg = self.sup.recv(1000)
                 if msg is not None and msg[0].get("kind") == KIND_ITEM:
                     return msg[1]  # returned values go to the object store: one put per frame
 
@@ -116,7 +116,7 @@ def naive_relay(n: int, shape: tuple, loader_batch: int = 8) -> tuple[int, float
 
     h, w, _ = shape
     # Frames come through the ZeroMQ socket (no shared-memory slots: those are part of our path).
-    cfg = LaunchConfig(script=SCENE, instance_args=[["--width", str(w), "--height", str(h)]], shared_memory_hop=False)
+    cfg = LaunchConfig.of(script=SCENE, instance_args=[["--width", str(w), "--height", str(h)]], shared_memory_hop=False)
     relay = ray.remote(concurrency_groups={"stream": 1, "control": 1})(NaiveRelay).remote(cfg, 0)
     try:
         ray.get(relay.wait_ready.remote())

@@ -57,7 +57,7 @@ def encode(obj: Any, *, codec: str = "pickle", kind: str = KIND_ITEM) -> list:
         buffers_raw: list = []
         for key, value in obj.items():
             if isinstance(value, np.ndarray):
-                arr = np.ascontiguousarray(value)
+                arr = np.ascontiguousarray(value).reshape(value.shape)  # ascontiguousarray makes 0-d 1-d
                 if arr.dtype.hasobject:
                     raise CodecError(f"item {key!r}: object arrays cannot use the json codec")
                 arrays.append({"key": key, "dtype": arr.dtype.str, "shape": list(arr.shape)})

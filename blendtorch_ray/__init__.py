@@ -44,6 +44,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "BlenderLauncher": "blendtorch_ray.launcher",
     "LaunchConfig": "blendtorch_ray.config",
+    "BlenderSpec": "blendtorch_ray.config",
+    "PlacementConfig": "blendtorch_ray.config",
+    "SupervisionConfig": "blendtorch_ray.config",
+    "StreamConfig": "blendtorch_ray.config",
     "make_loader": "blendtorch_ray.loader",
     "RemoteIterableDataset": "blendtorch_ray.dataset",
     "InstanceHealth": "blendtorch_ray.health",

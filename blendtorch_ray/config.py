@@ -1,21 +1,197 @@
-"""Configuration of a group of Blender instances."""
+"""Configuration of a group of Blender instances, grouped by concern (as Ray Train groups
+``ScalingConfig`` / ``FailureConfig`` / ``RunConfig``):
+
+- `BlenderSpec`: what to run (script, scene, which Blender, its environment, its log);
+  shared with `blendtorch_ray.env.EnvConfig`;
+- `PlacementConfig`: where instances run (CPUs, GPUs, custom resources);
+- `SupervisionConfig`: how they are started and kept alive (readiness, restarts, recycling);
+- `StreamConfig`: how items travel (batching, backpressure, shared memory, codec);
+- `LaunchConfig`: a group of instances: a `BlenderSpec` plus count, seeds, name and the three
+  groups above.
+
+The common case stays one line, with any option by its own name::
+
+    BlenderLauncher(script="scene.py", num_instances=4, batch_size=16, max_restarts=0)
+    LaunchConfig.of(script="scene.py", num_instances=4, batch_size=16)   # the same config
+
+Every value is checked when its group is built, so a bad option fails before Ray or Blender
+start, with a message naming the option, the value and a fix.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from blendtorch_ray import validation as v
 
+SEED_EPOCH_STRIDE = 100_003
+"""Seed distance between restart epochs of one instance (a prime larger than any group, so
+that the seeds of different instances and epochs never collide)."""
+
 
 @dataclass
-class LaunchConfig:
+class BlenderSpec:
+    """What to run: a Blender-side script, optionally a scene, in which Blender.
+
+    Raises:
+        FileNotFoundError: ``script`` or ``scene`` does not exist.
+    """
+
+    script: str
+    """Path of the Blender-side Python script (it uses ``blender_worker``)."""
+    scene: Optional[str] = None
+    """Optional .blend file opened before the script runs."""
+    blender: Optional[str] = None
+    """Which Blender: None (``$BLENDTORCH_BLENDER`` or the bpy wheel), "bpy", "blender", or a path."""
+    env: dict = field(default_factory=dict)
+    """Extra environment variables for Blender."""
+    log_dir: Optional[str] = None
+    """Where Blender logs go (default: a private temp dir of the supervising process)."""
+
+    def __post_init__(self) -> None:
+        self.script = os.path.abspath(self.script)
+        if not os.path.isfile(self.script):
+            raise FileNotFoundError(f"Blender script not found: {self.script}; pass the path of a .py file")
+        if self.scene is not None:
+            self.scene = os.path.abspath(self.scene)
+            if not os.path.isfile(self.scene):
+                raise FileNotFoundError(f"scene file not found: {self.scene}; pass the path of a .blend file")
+
+
+@dataclass
+class PlacementConfig:
+    """Where instances run: the Ray resources each instance's actor asks for.
+
+    Raises:
+        ValueError, TypeError: A value is out of range or of the wrong type.
+    """
+
+    num_cpus: Optional[float] = None
+    """CPUs reserved per instance's actor. None (the default): 1 on a multi-node cluster; on
+    a single node (local mode), ``min(1, CPUs / num_instances)`` but at least 0.25, so that a
+    group fits a workstation (4 instances on a 2-core machine get 0.5 each)."""
+    num_gpus: float = 0.0
+    """GPUs per instance; the assigned GPU is handed to Blender via CUDA_VISIBLE_DEVICES."""
+    resources: dict = field(default_factory=dict)
+    """Custom Ray resources per instance, e.g. ``{"blender": 1}``."""
+    wait_for_resources: bool = False
+    """If the cluster cannot hold all instances now: False raises at once, True waits
+    (for an autoscaling cluster to add nodes)."""
+
+    def __post_init__(self) -> None:
+        own = "PlacementConfig"
+        if self.num_cpus is not None:
+            v.non_negative("num_cpus", self.num_cpus, owner=own, example=1)
+        v.non_negative("num_gpus", self.num_gpus, owner=own, example=1)
+        v.resource_amounts("resources", self.resources, owner=own, example={"blender": 1})
+
+
+@dataclass
+class SupervisionConfig:
+    """How instances are started and kept alive.
+
+    Raises:
+        ValueError, TypeError: A value is out of range or of the wrong type.
+    """
+
+    ready_timeout: float = 120.0
+    """Seconds to wait for an instance's readiness handshake (first DataPublisher)."""
+    max_restarts: int = 3
+    """Restarts allowed per instance after a crash before the stream fails."""
+    max_actor_restarts: int = 3
+    """Times Ray may recreate an instance's actor (e.g. on another node after a node loss);
+    -1: without limit."""
+    restart_backoff: float = 0.5
+    """Seconds before the first restart; doubles on each further restart."""
+    recycle_after_items: Optional[int] = None
+    """Restart Blender (transparently, between items) after this many items per process."""
+    recycle_rss_mb: Optional[float] = None
+    """Restart Blender (transparently) when its resident memory passes this many MiB."""
+    prestart: bool = True
+    """Local mode: when the launcher starts Ray itself, start Blender at the same time and let
+    the actors adopt those processes (see blendtorch_ray/prestart.py). Ignored on clusters,
+    for tcp, GPUs and custom resources."""
+
+    def __post_init__(self) -> None:
+        own = "SupervisionConfig"
+        v.positive("ready_timeout", self.ready_timeout, owner=own, unit="seconds", example=120)
+        v.non_negative_int("max_restarts", self.max_restarts, owner=own, example=3)
+        v.integer("max_actor_restarts", self.max_actor_restarts, minimum=-1, owner=own, example=3,
+                  hint="-1: Ray recreates the actor without limit")
+        v.non_negative("restart_backoff", self.restart_backoff, owner=own, unit="seconds", example=0.5)
+        v.optional_positive_int("recycle_after_items", self.recycle_after_items, owner=own, example=10_000)
+        v.optional_positive("recycle_rss_mb", self.recycle_rss_mb, owner=own, unit="MiB", example=4096)
+
+
+@dataclass
+class StreamConfig:
+    """How items travel from Blender to the consumer.
+
+    Raises:
+        ValueError, TypeError: A value is out of range or of the wrong type.
+    """
+
+    batch_size: int = 8
+    """Items per object-store put (one ``ray.put`` costs ~1 ms whatever the size)."""
+    max_batch_delay: float = 0.5
+    """Seconds after which a partial batch is sent anyway (for slow renderers)."""
+    max_batches_in_flight: int = 4
+    """Batches an instance may have produced but the consumer not yet taken (backpressure)."""
+    transport: str = "ipc"
+    """Local hop: "ipc" (unix socket in a private 0700 dir) or "tcp" (127.0.0.1, random port)."""
+    codec: str = "pickle"
+    """Item codec: "pickle" (any object) or "json" (arrays + JSON-able values, no pickle)."""
+    shared_memory_hop: bool = True
+    """Blender -> actor: the arrays of items of 64 KiB and more go through shared-memory slots
+    (one copy in Blender) and only a small message through ZeroMQ (see
+    blender_worker/slots.py). False: everything through the ZeroMQ socket."""
+    item_slot_mb: float = 16.0
+    """Largest item (its arrays' bytes) that goes through a shared-memory slot; larger ones go
+    through the socket. Slots take memory only as far as they are written to."""
+    shared_memory_ring: bool = True
+    """Same-node fast path: consumers on the actor's node get arrays through a ring of
+    /dev/shm slots instead of the object store (see blendtorch_ray/shm_ring.py); consumers
+    on other nodes always use the object store. False: object store for everyone."""
+    ring_slot_mb: float = 32.0
+    """Size of one ring slot; a batch whose arrays do not fit goes through the object store."""
+    max_message_mb: float = 1024.0
+    """Messages larger than this (the bytes that cross the socket; arrays in shared-memory
+    slots do not count) are dropped by the actor, counted in ``health().dropped_messages``
+    and warned about; the stream goes on with the next item."""
+
+    def __post_init__(self) -> None:
+        own = "StreamConfig"
+        v.positive_int("batch_size", self.batch_size, owner=own, example=8)
+        v.non_negative("max_batch_delay", self.max_batch_delay, owner=own, unit="seconds", example=0.5)
+        v.positive_int("max_batches_in_flight", self.max_batches_in_flight, owner=own, example=4)
+        v.one_of("transport", self.transport, ("ipc", "tcp"), owner=own)
+        v.one_of("codec", self.codec, ("pickle", "json"), owner=own)
+        v.positive("item_slot_mb", self.item_slot_mb, owner=own, unit="MiB", example=16)
+        v.positive("ring_slot_mb", self.ring_slot_mb, owner=own, unit="MiB", example=32)
+        v.positive("max_message_mb", self.max_message_mb, owner=own, unit="MiB", example=1024)
+
+    @property
+    def slots_per_instance(self) -> int:
+        """Shared-memory item slots one Blender process gets: every item that can be in a
+        batch in flight (``max_batches_in_flight``), in the batch being filled and in the
+        one being handed over, plus one being written and one being read."""
+        return self.batch_size * (self.max_batches_in_flight + 2) + 2
+
+
+_GROUPS = {"placement": PlacementConfig, "supervision": SupervisionConfig, "stream": StreamConfig}
+
+
+@dataclass
+class LaunchConfig(BlenderSpec):
     """Everything needed to start and supervise N Blender instances.
 
-    Only ``script`` is required; the defaults suit a workstation. Every field is a keyword
-    argument of `blendtorch_ray.launcher.BlenderLauncher` too. Paths are made absolute and
-    every value is checked here, so that a bad option fails before Ray or Blender start.
+    Only ``script`` is required; the defaults suit a workstation. The options of the three
+    groups can also be given by their own names through `LaunchConfig.of` and
+    `blendtorch_ray.launcher.BlenderLauncher` (``batch_size=16`` for
+    ``stream=StreamConfig(batch_size=16)``).
 
     Raises:
         FileNotFoundError: ``script`` or ``scene`` does not exist.
@@ -26,121 +202,78 @@ class LaunchConfig:
         Four instances of a scene, each with its own arguments::
 
             cfg = LaunchConfig(script="scene.py", scene="room.blend", num_instances=4,
-                               instance_args=[["--shape", s] for s in "abcd"])
+                               instance_args=[["--shape", s] for s in "abcd"],
+                               supervision=SupervisionConfig(max_restarts=0))
             with BlenderLauncher(cfg) as bl:
                 ...
     """
 
-    script: str
-    """Path of the Blender-side Python script (it uses ``blender_worker``)."""
-    scene: Optional[str] = None
-    """Optional .blend file opened before the script runs."""
     num_instances: int = 1
     """Number of Blender instances (``btid`` 0..N-1)."""
     instance_args: Optional[Sequence[Sequence[str]]] = None
     """Per-instance extra command line arguments for the script (one list per instance)."""
     seed: int = 0
     """Base seed; instance ``btid`` in restart epoch ``e`` gets ``seed + btid + 100003 * e``."""
-    blender: Optional[str] = None
-    """Which Blender: None (``$BLENDTORCH_BLENDER`` or the bpy wheel), "bpy", "blender", or a path."""
     name: Optional[str] = None
     """Group name; actors are named ``{name}/{btid}`` in ``namespace`` so others can attach."""
     namespace: str = "blendtorch"
     """Ray namespace of the named actors."""
-    batch_size: int = 8
-    """Items per object-store put (one ``ray.put`` costs ~1 ms whatever the size)."""
-    max_batch_delay: float = 0.5
-    """Seconds after which a partial batch is sent anyway (for slow renderers)."""
-    max_batches_in_flight: int = 4
-    """Batches an instance may have produced but the consumer not yet taken (backpressure)."""
-    ready_timeout: float = 120.0
-    """Seconds to wait for an instance's readiness handshake (first DataPublisher)."""
-    max_restarts: int = 3
-    """Restarts allowed per instance after a crash before the stream fails."""
-    max_actor_restarts: int = 3
-    """Times Ray may recreate an instance's actor (e.g. on another node after a node loss)."""
-    restart_backoff: float = 0.5
-    """Seconds before the first restart; doubles on each further restart."""
-    recycle_after_items: Optional[int] = None
-    """Restart Blender (transparently, between items) after this many items per process."""
-    recycle_rss_mb: Optional[float] = None
-    """Restart Blender (transparently) when its resident memory passes this many MiB."""
-    wait_for_resources: bool = False
-    """If the cluster cannot hold all instances now: False raises at once, True waits
-    (for an autoscaling cluster to add nodes)."""
-    transport: str = "ipc"
-    """Local hop: "ipc" (unix socket in a private 0700 dir) or "tcp" (127.0.0.1, random port)."""
-    shared_memory_ring: bool = True
-    """Same-node fast path: consumers on the actor's node get arrays through a ring of
-    /dev/shm slots instead of the object store (see blendtorch_ray/shm_ring.py); consumers
-    on other nodes always use the object store. False: object store for everyone."""
-    ring_slot_mb: float = 32.0
-    """Size of one ring slot; a batch whose arrays do not fit goes through the object store."""
-    prestart: bool = True
-    """Local mode: when the launcher starts Ray itself, start Blender at the same time and let
-    the actors adopt those processes (see blendtorch_ray/prestart.py). Ignored on clusters,
-    for tcp, GPUs and custom resources."""
-    shared_memory_hop: bool = True
-    """Blender -> actor: the arrays of items of 64 KiB and more go through shared-memory slots
-    (one copy in Blender) and only a small message through ZeroMQ (see
-    blender_worker/slots.py). False: everything through the ZeroMQ socket."""
-    item_slot_mb: float = 16.0
-    """Largest item (its arrays' bytes) that goes through a shared-memory slot; larger ones go
-    through the socket. Slots take memory only as far as they are written to."""
-    max_message_mb: float = 1024.0
-    """Messages larger than this (the bytes that cross the socket; arrays in shared-memory
-    slots do not count) are dropped by the actor, counted in ``health().dropped_messages``
-    and warned about; the stream goes on with the next item."""
-    codec: str = "pickle"
-    """Item codec: "pickle" (any object) or "json" (arrays + JSON-able values, no pickle)."""
-    num_cpus: Optional[float] = None
-    """CPUs reserved per instance's actor. None (the default): 1 on a multi-node cluster; on
-    a single node (local mode), ``min(1, CPUs / num_instances)`` but at least 0.25, so that a
-    group fits a workstation (4 instances on a 2-core machine get 0.5 each)."""
-    num_gpus: float = 0.0
-    """GPUs per instance; the assigned GPU is handed to Blender via CUDA_VISIBLE_DEVICES."""
-    resources: dict = field(default_factory=dict)
-    """Custom Ray resources per instance, e.g. ``{"blender": 1}``."""
-    log_dir: Optional[str] = None
-    """Where Blender logs go (default: the actor's private temp dir)."""
-    env: dict = field(default_factory=dict)
-    """Extra environment variables for Blender."""
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    """Where instances run (CPUs, GPUs, custom resources)."""
+    supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
+    """How instances are started and kept alive."""
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    """How items travel (batching, backpressure, shared memory, codec)."""
 
     def __post_init__(self) -> None:
         own = "LaunchConfig"
         v.positive_int("num_instances", self.num_instances, owner=own, example=1)
-        self.script = os.path.abspath(self.script)
-        if not os.path.isfile(self.script):
-            raise FileNotFoundError(f"Blender script not found: {self.script}")
-        if self.scene is not None:
-            self.scene = os.path.abspath(self.scene)
-            if not os.path.isfile(self.scene):
-                raise FileNotFoundError(f"scene file not found: {self.scene}")
+        super().__post_init__()
         if self.instance_args is not None and len(self.instance_args) != self.num_instances:
             raise ValueError(
                 f"instance_args has {len(self.instance_args)} entries for {self.num_instances} "
                 "instances; give one list of arguments per instance"
             )
         v.non_negative_int("seed", self.seed, owner=own, example=0, hint="numpy's default_rng takes seeds >= 0")
-        v.positive_int("batch_size", self.batch_size, owner=own, example=8)
-        v.non_negative("max_batch_delay", self.max_batch_delay, owner=own, unit="seconds", example=0.5)
-        v.positive_int("max_batches_in_flight", self.max_batches_in_flight, owner=own, example=4)
-        v.positive("ready_timeout", self.ready_timeout, owner=own, unit="seconds", example=120)
-        v.non_negative_int("max_restarts", self.max_restarts, owner=own, example=3)
-        v.integer("max_actor_restarts", self.max_actor_restarts, minimum=-1, owner=own, example=3,
-                  hint="-1: Ray recreates the actor without limit")
-        v.non_negative("restart_backoff", self.restart_backoff, owner=own, unit="seconds", example=0.5)
-        v.optional_positive_int("recycle_after_items", self.recycle_after_items, owner=own, example=10_000)
-        v.optional_positive("recycle_rss_mb", self.recycle_rss_mb, owner=own, unit="MiB", example=4096)
-        v.positive("ring_slot_mb", self.ring_slot_mb, owner=own, unit="MiB", example=32)
-        v.positive("item_slot_mb", self.item_slot_mb, owner=own, unit="MiB", example=16)
-        v.positive("max_message_mb", self.max_message_mb, owner=own, unit="MiB", example=1024)
-        if self.num_cpus is not None:
-            v.non_negative("num_cpus", self.num_cpus, owner=own, example=1)
-        v.non_negative("num_gpus", self.num_gpus, owner=own, example=1)
-        v.resource_amounts("resources", self.resources, owner=own, example={"blender": 1})
-        v.one_of("transport", self.transport, ("ipc", "tcp"), owner=own)
-        v.one_of("codec", self.codec, ("pickle", "json"), owner=own)
+        for name, cls in _GROUPS.items():
+            if not isinstance(getattr(self, name), cls):
+                raise TypeError(f"LaunchConfig({name}={getattr(self, name)!r}): must be a {cls.__name__}")
+
+    @classmethod
+    def of(cls, **options: Any) -> "LaunchConfig":
+        """A config from options given by their own names, whatever group they belong to.
+
+        Args:
+            **options: Fields of `LaunchConfig` and of its groups, e.g.
+                ``script="scene.py", num_instances=4, batch_size=16, max_restarts=0``.
+
+        Returns:
+            The `LaunchConfig`.
+
+        Raises:
+            TypeError: An option is not a field of the config or of any group.
+        """
+        own, grouped = _split_options(options)
+        for name, values in grouped.items():
+            own[name] = dataclasses.replace(own[name], **values) if name in own else _GROUPS[name](**values)
+        return cls(**own)
+
+    def with_options(self, **options: Any) -> "LaunchConfig":
+        """A copy with some options changed, given by their own names (see `of`).
+
+        Args:
+            **options: Fields of `LaunchConfig` and of its groups.
+
+        Returns:
+            The new `LaunchConfig` (validated again).
+
+        Raises:
+            TypeError: An option is not a field of the config or of any group.
+        """
+        own, grouped = _split_options(options)
+        for name, values in grouped.items():
+            own[name] = dataclasses.replace(own.get(name, getattr(self, name)), **values)
+        return dataclasses.replace(self, **own)
 
     def seed_for(self, btid: int, epoch: int) -> int:
         """The launch seed of an instance in a restart epoch (see ``seed``).
@@ -150,9 +283,9 @@ class LaunchConfig:
             epoch: Restart epoch (0 on first start).
 
         Returns:
-            ``seed + btid + 100003 * epoch``.
+            ``seed + btid + SEED_EPOCH_STRIDE * epoch``.
         """
-        return self.seed + btid + 100_003 * epoch
+        return self.seed + btid + SEED_EPOCH_STRIDE * epoch
 
     def args_for(self, btid: int) -> list[str]:
         """The script arguments of instance ``btid`` (see ``instance_args``).
@@ -164,3 +297,20 @@ class LaunchConfig:
             A copy of ``instance_args[btid]``; empty without ``instance_args``.
         """
         return list(self.instance_args[btid]) if self.instance_args else []
+
+
+def _split_options(options: dict) -> tuple[dict, dict]:
+    """Options of `LaunchConfig` itself, and those of each group keyed by the group's field."""
+    own_fields = {f.name for f in dataclasses.fields(LaunchConfig)}
+    owner = {f.name: group for group, cls in _GROUPS.items() for f in dataclasses.fields(cls)}
+    own: dict = {}
+    grouped: dict = {}
+    for key, value in options.items():
+        if key in own_fields:
+            own[key] = value
+        elif key in owner:
+            grouped.setdefault(owner[key], {})[key] = value
+        else:
+            known = sorted(own_fields | set(owner))
+            raise TypeError(f"unknown launch option {key}={value!r}; the options are: {', '.join(known)}")
+    return own, grouped

@@ -215,7 +215,7 @@ class RemoteIterableDataset(IterableDataset):
                     with own_errors():  # the instance's error (e.g. BlenderCrashedError) as itself
                         batch = ray.get(ref)
                     if is_ring_header(batch):
-                        rings[gen] = ShmRing(batch["__btr_ring__"], batch["slots"], batch["slot_bytes"], create=False)
+                        rings[gen] = ShmRing.from_header(batch)
                         # Both sides have it mapped now: unlinking means its memory is freed with
                         # the last mapping, even if the actor is killed before it cleans up.
                         rings[gen].unlink()

@@ -18,7 +18,7 @@ import logging
 import os
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -27,6 +27,7 @@ import zmq
 from blender_worker import sockets
 from blender_worker.protocol import KIND_ENV, EnvArgs, EnvCommand, LaunchArgs
 from blendtorch_ray.blender import find_blender
+from blendtorch_ray.config import BlenderSpec
 from blendtorch_ray.extras import require
 from blendtorch_ray.errors import BlenderCrashedError, BlenderEnvError, BlenderStartError, EnvTimeout  # noqa: F401 - re-exported
 from blendtorch_ray.process import BlenderProcess
@@ -45,13 +46,18 @@ terminates the process anyway."""
 
 
 @dataclass
-class EnvConfig:
-    """How ``BlenderEnv`` launches and talks to its Blender."""
+class EnvConfig(BlenderSpec):
+    """How ``BlenderEnv`` launches and talks to its Blender.
 
-    script: str
-    """Blender-side script; it subclasses ``blender_worker.env.BaseEnv`` and calls ``run()``."""
-    scene: Optional[str] = None
-    """Optional .blend file opened before the script runs."""
+    What to run (``script``, ``scene``, ``blender``, ``env``, ``log_dir``) is a
+    `blendtorch_ray.config.BlenderSpec`, as for a streaming group; ``script`` subclasses
+    ``blender_worker.env.BaseEnv`` and calls ``run()``.
+
+    Raises:
+        FileNotFoundError: ``script`` or ``scene`` does not exist.
+        ValueError, TypeError: A value is out of range or of the wrong type.
+    """
+
     script_args: Sequence[str] = ()
     """Extra command line arguments for the script."""
     real_time: bool = False
@@ -62,22 +68,15 @@ class EnvConfig:
     """Instance id passed to Blender (``--btid``); shows in logs and errors."""
     seed: int = 0
     """Launch seed (``--btseed``): seeds Blender's ``np_random`` until ``reset(seed=...)``."""
-    blender: Optional[str] = None
-    """Which Blender: None ($BLENDTORCH_BLENDER or the bpy wheel), "bpy", "blender" or a path."""
     transport: str = "ipc"
     """"ipc" (unix socket in a private 0700 dir) or "tcp" (127.0.0.1, random port)."""
     start_timeout: float = 120.0
     """Seconds for Blender to start and answer its readiness handshake."""
     step_timeout: float = 60.0
     """Seconds for any one request (reset, step, render) to be answered."""
-    log_dir: Optional[str] = None
-    """Where the Blender log goes (default: the env's private temp dir)."""
-    env: dict = field(default_factory=dict)
-    """Extra environment variables for Blender."""
 
     def __post_init__(self) -> None:
-        if not os.path.isfile(self.script):
-            raise FileNotFoundError(f"Blender env script not found: {self.script!r}; pass the path of a .py file")
+        super().__post_init__()
         from blendtorch_ray import validation
 
         own = "EnvConfig"

@@ -33,10 +33,11 @@ def check_capacity(cfg: LaunchConfig) -> None:
             names each shortfall and how to fix it.
     """
     total = ray.cluster_resources()
-    need = {"CPU": cfg.num_cpus * cfg.num_instances}
-    if cfg.num_gpus:
-        need["GPU"] = cfg.num_gpus * cfg.num_instances
-    for key, value in cfg.resources.items():
+    where = cfg.placement
+    need = {"CPU": where.num_cpus * cfg.num_instances}
+    if where.num_gpus:
+        need["GPU"] = where.num_gpus * cfg.num_instances
+    for key, value in where.resources.items():
         need[key] = value * cfg.num_instances
     short = {k: (v, total.get(k, 0.0)) for k, v in need.items() if v > total.get(k, 0.0) + 1e-9}
     if short:
@@ -49,12 +50,16 @@ def check_capacity(cfg: LaunchConfig) -> None:
         )
 
 
+START_GRACE_S = 60.0
+"""Time beyond ``ready_timeout`` for Ray to schedule every actor before ``start()`` gives up."""
+CLOSE_TIMEOUT_S = 15.0
+"""How long ``close()`` waits for the actors to end their Blenders before killing them."""
 MIN_LOCAL_CPUS = 0.25
 """Smallest default CPU share per instance in local mode (4 Blenders per core)."""
 
 
 def default_num_cpus(num_instances: int) -> float:
-    """CPUs per instance when ``LaunchConfig.num_cpus`` is None.
+    """CPUs per instance when ``PlacementConfig.num_cpus`` is None.
 
     Args:
         num_instances: Instances in the group.
@@ -84,8 +89,8 @@ def _prefetch_consumer_imports() -> None:
     def load() -> None:
         try:
             import blendtorch_ray.dataset  # noqa: F401 - imports torch
-        except Exception:  # noqa: BLE001 - the real import later reports any error
-            pass
+        except ImportError as exc:  # the real import later reports it to the user
+            log.debug("background import of the consumer side failed: %s", exc)
 
     threading.Thread(target=load, name="btr-prefetch-torch", daemon=True).start()
 
@@ -117,9 +122,9 @@ class BlenderLauncher:
 
     def __init__(self, config: Optional[LaunchConfig] = None, **kwargs: Any) -> None:
         if config is None:
-            config = LaunchConfig(**kwargs)
+            config = LaunchConfig.of(**kwargs)
         elif kwargs:
-            config = replace(config, **kwargs)
+            config = config.with_options(**kwargs)
         if config.name is None:
             config = replace(config, name=f"btr-{uuid.uuid4().hex[:8]}")
         self.config = config
@@ -155,9 +160,9 @@ class BlenderLauncher:
         self._prestarted = list(prestarted.values())
         try:
             ensure_ray(namespace=self.namespace)
-            if cfg.num_cpus is None:
-                cfg = self.config = replace(cfg, num_cpus=default_num_cpus(cfg.num_instances))
-            if not cfg.wait_for_resources:
+            if cfg.placement.num_cpus is None:
+                cfg = self.config = cfg.with_options(num_cpus=default_num_cpus(cfg.num_instances))
+            if not cfg.placement.wait_for_resources:
                 check_capacity(cfg)
         except BaseException:
             self._discard_prestarted()
@@ -167,20 +172,20 @@ class BlenderLauncher:
                 opts: dict = dict(
                     name=actor_name(self.name, btid),
                     namespace=self.namespace,
-                    num_cpus=cfg.num_cpus,
-                    max_restarts=cfg.max_actor_restarts,
+                    num_cpus=cfg.placement.num_cpus,
+                    max_restarts=cfg.supervision.max_actor_restarts,
                     max_task_retries=0,
                 )
-                if cfg.num_gpus:
-                    opts["num_gpus"] = cfg.num_gpus
-                if cfg.resources:
-                    opts["resources"] = dict(cfg.resources)
+                if cfg.placement.num_gpus:
+                    opts["num_gpus"] = cfg.placement.num_gpus
+                if cfg.placement.resources:
+                    opts["resources"] = dict(cfg.placement.resources)
                 self.actors.append(RemoteBlenderActor.options(**opts).remote(cfg, btid, prestarted.get(btid)))
             refs = [a.wait_ready.remote() for a in self.actors]
-            timeout = None if cfg.wait_for_resources else cfg.ready_timeout + 60
+            timeout = None if cfg.placement.wait_for_resources else cfg.supervision.ready_timeout + START_GRACE_S
             try:
                 with own_errors():
-                    self.ready_info = ray.get(refs, timeout=timeout)
+                    ray.get(refs, timeout=timeout)
             except ray.exceptions.GetTimeoutError:
                 raise BlenderStartError(
                     f"group {self.name!r}: not every instance was scheduled and ready within "
@@ -211,14 +216,14 @@ class BlenderLauncher:
         actors, self.actors = self.actors, []
         if actors:
             try:
-                ray.get([a.close.remote() for a in actors], timeout=15)
-            except Exception:  # noqa: BLE001 - dead actors are fine here
-                pass
+                ray.get([a.close.remote() for a in actors], timeout=CLOSE_TIMEOUT_S)
+            except ray.exceptions.RayError as exc:  # dead actors are fine here
+                log.debug("group %r: closing its actors: %s", self.name, exc)
             for a in actors:
                 try:
                     ray.kill(a)
-                except Exception:  # noqa: BLE001
-                    pass
+                except (ray.exceptions.RayError, ValueError) as exc:  # already gone
+                    log.debug("group %r: ray.kill: %s", self.name, exc)
         self._discard_prestarted()
         self._started = False
 
@@ -290,7 +295,7 @@ class BlenderLauncher:
             item_transform: Applied to every item dict before it is yielded.
             timeout: Seconds without any item before `StreamTimeout` is raised.
             max_batches_in_flight: Batches each instance may render ahead of the consumer;
-                None: ``LaunchConfig.max_batches_in_flight``.
+                None: ``StreamConfig.max_batches_in_flight``.
             record_to: A directory to record every item to (`blendtorch_ray.recording`).
             **options: Further `RemoteIterableDataset` arguments (``btids``,
                 ``reconnect_timeout``, ``shared_memory_ring``).
@@ -313,11 +318,11 @@ class BlenderLauncher:
             reconnect_timeout=options.get("reconnect_timeout", 120.0),
         )
         if self.config is not None:
-            options.setdefault("shared_memory_ring", self.config.shared_memory_ring)
+            options.setdefault("shared_memory_ring", self.config.stream.shared_memory_ring)
 
         if not self._started:
             self.start()
-        inflight = max_batches_in_flight or (self.config.max_batches_in_flight if self.config else 4)
+        inflight = max_batches_in_flight or (self.config.stream.max_batches_in_flight if self.config else 4)
         return RemoteIterableDataset(
             group=self.name,
             namespace=self.namespace,
@@ -363,7 +368,7 @@ class BlenderLauncher:
         if not self._started:
             self.start()
         if self.config is not None:
-            options.setdefault("max_batches_in_flight", self.config.max_batches_in_flight)
+            options.setdefault("max_batches_in_flight", self.config.stream.max_batches_in_flight)
         return read_group(self.name, self.namespace, self.num_instances, num_items, **options)
 
     def channel(self) -> "GroupChannel":

@@ -16,6 +16,7 @@ instances that need GPUs or custom resources (which node and device they get is 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -25,6 +26,7 @@ from typing import Optional
 from blender_worker.slots import SlotFile
 from blendtorch_ray.blender import BlenderExecutable
 from blendtorch_ray.config import LaunchConfig
+from blendtorch_ray.instance import blender_args, blender_environment, instance_dirs, slot_file_for
 from blendtorch_ray.process import BlenderProcess
 from blendtorch_ray.transport import ipc_address
 
@@ -58,15 +60,20 @@ class Prestarted:
 
         proc = _STARTED.pop(self.pid, None)  # in the driver: the Popen itself
         if proc is not None:
-            proc.terminate(timeout=2.0)
+            proc.terminate(timeout=DISCARD_TIMEOUT_S)
         elif self.usable():  # elsewhere (a recreated actor): by pid, while it is still ours
             try:
                 os.killpg(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+            except (ProcessLookupError, PermissionError) as exc:  # ended meanwhile, or no longer ours
+                log.debug("prestarted Blender %d: %s", self.pid, exc)
         shutil.rmtree(self.memory_dir, ignore_errors=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
+
+log = logging.getLogger("blendtorch_ray")
+
+DISCARD_TIMEOUT_S = 2.0
+"""Grace after SIGTERM before a discarded prestarted Blender is killed."""
 
 _STARTED: dict = {}
 """pid -> BlenderProcess of the Blender processes this (driver) process prestarted."""
@@ -74,13 +81,12 @@ _STARTED: dict = {}
 
 def can_prestart(config: LaunchConfig) -> bool:
     """Whether instances of ``config`` may be started before their actors (see module doc)."""
-    return bool(config.prestart and config.transport == "ipc" and not config.num_gpus and not config.resources)
+    return bool(config.supervision.prestart and config.stream.transport == "ipc" and not config.placement.num_gpus
+                and not config.placement.resources)
 
 
 def prestart(config: LaunchConfig, btid: int, blender: BlenderExecutable) -> Prestarted:
     """Start instance ``btid``'s first Blender now, as its actor would."""
-    from blendtorch_ray.actor import blender_args, blender_environment, instance_dirs, slot_file_for
-
     d, m, log_path = instance_dirs(config, btid)
     slots = slot_file_for(config, m, 0)
     args = blender_args(config, btid, 0, ipc_address(d, "data"), ipc_address(d, "control"),
@@ -94,8 +100,8 @@ def prestart(config: LaunchConfig, btid: int, blender: BlenderExecutable) -> Pre
             with open(exit_file + ".tmp", "w") as f:
                 f.write(str(code))
             os.replace(exit_file + ".tmp", exit_file)
-        except OSError:  # the directory is gone: the actor closed already
-            pass
+        except OSError as exc:  # the directory is gone: the actor closed already
+            log.debug("prestarted Blender %d: exit code not written: %s", proc.pid, exc)
 
     threading.Thread(target=reap, name=f"btr-reap-{btid}", daemon=True).start()
     _STARTED[proc.pid] = proc

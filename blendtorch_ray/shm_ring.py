@@ -176,6 +176,26 @@ class ShmRing:
             self._source = SlotFile(path, spec[1], spec[2])
         return self._source
 
+    def header(self) -> dict:
+        """What the reader needs to map this ring: the first object a ring stream yields.
+
+        Returns:
+            ``{RING_HEADER: path, "slots": ..., "slot_bytes": ...}``.
+        """
+        return {RING_HEADER: self.path, "slots": self.slots, "slot_bytes": self.slot_bytes}
+
+    @classmethod
+    def from_header(cls, header: dict) -> "ShmRing":
+        """Map the ring a stream's header names (the reader's side).
+
+        Args:
+            header: A ring header (``is_ring_header``).
+
+        Returns:
+            The mapped ring.
+        """
+        return cls(header[RING_HEADER], header["slots"], header["slot_bytes"], create=False)
+
     def unlink(self) -> None:
         """Remove the ring's file; the mappings stay valid until closed."""
         self._file.unlink()
@@ -194,8 +214,20 @@ class ShmRing:
             self.unlink()
 
 
+RING_HEADER = "__btr_ring__"
+"""Key of the first object a ring stream yields: it names the ring (see ``ShmRing.header``)."""
+
+
 def is_ring_header(obj: Any) -> bool:
-    return isinstance(obj, dict) and "__btr_ring__" in obj
+    """Whether ``obj`` is the header a ring stream yields first (see ``ShmRing.header``).
+
+    Args:
+        obj: An object a stream yielded.
+
+    Returns:
+        True for a ring header.
+    """
+    return isinstance(obj, dict) and RING_HEADER in obj
 
 
 def is_ring_batch(obj: Any) -> bool:

@@ -72,3 +72,10 @@ def test_json_truncated_array_is_detected():
 def test_unknown_codec_name():
     with pytest.raises(codec.CodecError, match="unknown codec"):
         codec.encode({}, codec="xml")
+
+
+def test_json_codec_keeps_zero_dimensional_arrays():
+    frames = codec.encode({"scalar": np.array(3.5, np.float32), "v": np.arange(3)}, codec="json")
+    _, obj = codec.decode([bytes(f) if not isinstance(f, bytes) else f for f in frames])
+    assert obj["scalar"].shape == () and obj["scalar"] == np.float32(3.5)
+    assert obj["v"].tolist() == [0, 1, 2]

@@ -36,7 +36,7 @@ def test_config_validates_inputs(tmp_path):
     with pytest.raises(ValueError, match="one list of arguments per instance"):
         LaunchConfig(script=str(script), num_instances=2, instance_args=[["a"]])
     with pytest.raises(ValueError, match="transport"):
-        LaunchConfig(script=str(script), transport="udp")
+        LaunchConfig.of(script=str(script), transport="udp")
     cfg = LaunchConfig(script=str(script), num_instances=2, seed=10, instance_args=[["a"], ["b"]])
     assert os.path.isabs(cfg.script)
     assert [cfg.seed_for(b, 0) for b in (0, 1)] == [10, 11]

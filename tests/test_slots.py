@@ -80,7 +80,7 @@ def test_small_dev_shm_turns_the_shared_memory_paths_off(monkeypatch, tmp_path):
     """Writing past a full tmpfs kills the writer with SIGBUS: with too little free space the
     actor uses the socket instead (the threshold is raised here instead of shrinking /dev/shm)."""
     from blendtorch_ray import transport
-    from blendtorch_ray.actor import slot_file_for
+    from blendtorch_ray.instance import slot_file_for
     from blendtorch_ray.config import LaunchConfig
 
     d = PrivateDir(base=transport.memory_dir())

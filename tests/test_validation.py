@@ -12,7 +12,7 @@ import ray
 
 from blendtorch_ray import validation
 from blendtorch_ray.cli import build_parser
-from blendtorch_ray.config import LaunchConfig
+from blendtorch_ray.config import LaunchConfig, PlacementConfig, StreamConfig, SupervisionConfig
 from blendtorch_ray.dataset import RemoteIterableDataset
 from blendtorch_ray.env import EnvConfig
 from blendtorch_ray.launcher import BlenderLauncher
@@ -155,23 +155,47 @@ LAUNCH_BAD = [
 ]
 
 
+def _owner(field: str) -> str:
+    """The config class that owns a launch option (see blendtorch_ray.config)."""
+    import dataclasses
+
+    for cls in (PlacementConfig, SupervisionConfig, StreamConfig):
+        if field in {f.name for f in dataclasses.fields(cls)}:
+            return cls.__name__
+    return "LaunchConfig"
+
+
 @pytest.mark.parametrize("field, bad, exc, fragment", LAUNCH_BAD)
 def test_launch_config_rejects(script, field, bad, exc, fragment):
     with pytest.raises(exc) as exc_info:
-        LaunchConfig(script=script, **{field: bad})
-    _check_message(exc_info, "LaunchConfig", fragment or f"{field}={bad!r}")
+        LaunchConfig.of(script=script, **{field: bad})
+    _check_message(exc_info, _owner(field), fragment or f"{field}={bad!r}")
 
 
 def test_launch_config_validates_again_on_replace_through_the_launcher(script):
     cfg = LaunchConfig(script=script)
-    with pytest.raises(ValueError, match=r"LaunchConfig\(ready_timeout=-1\)"):
+    with pytest.raises(ValueError, match=r"SupervisionConfig\(ready_timeout=-1\)"):
         BlenderLauncher(cfg, ready_timeout=-1)
+
+
+def test_launch_options_by_name_land_in_their_group_and_unknown_ones_are_refused(script):
+    cfg = LaunchConfig.of(script=script, num_instances=2, batch_size=3, max_restarts=0, num_gpus=0.5, prestart=False)
+    assert (cfg.num_instances, cfg.stream.batch_size, cfg.supervision.max_restarts) == (2, 3, 0)
+    assert cfg.placement.num_gpus == 0.5 and cfg.supervision.prestart is False
+    again = cfg.with_options(ready_timeout=5, seed=4)
+    assert (again.supervision.ready_timeout, again.supervision.max_restarts, again.seed) == (5, 0, 4)
+    assert again.stream.batch_size == 3  # untouched options of the same group are kept
+    with pytest.raises(TypeError, match="unknown launch option batchsize=3"):
+        LaunchConfig.of(script=script, batchsize=3)
+    with pytest.raises(TypeError, match="must be a StreamConfig"):
+        LaunchConfig(script=script, stream={"batch_size": 3})
 
 
 def test_launch_config_accepts_defaults_and_edge_values(script):
     cfg = LaunchConfig(script=script)
-    assert (cfg.num_instances, cfg.batch_size, cfg.ready_timeout, cfg.max_actor_restarts) == (1, 8, 120.0, 3)
-    cfg = LaunchConfig(
+    assert (cfg.num_instances, cfg.stream.batch_size, cfg.supervision.ready_timeout,
+            cfg.supervision.max_actor_restarts) == (1, 8, 120.0, 3)
+    cfg = LaunchConfig.of(
         script=script,
         num_instances=np.int64(2),
         seed=2**40,
@@ -188,7 +212,8 @@ def test_launch_config_accepts_defaults_and_edge_values(script):
         codec="json",
         transport="tcp",
     )
-    assert cfg.max_actor_restarts == -1 and cfg.num_cpus == 0 and cfg.resources == {"blender": 1, "other": 0}
+    assert cfg.supervision.max_actor_restarts == -1 and cfg.placement.num_cpus == 0
+    assert cfg.placement.resources == {"blender": 1, "other": 0}
 
 
 # -- EnvConfig --------------------------------------------------------------------------------------
