@@ -80,6 +80,11 @@ class RenderSettings:
     """Before rendering 'instance'/'semantic', give objects whose ``pass_index`` is 0 a free id."""
     category_property: str = "category_id"
     """Custom property (on objects or their collections) that holds the 'semantic' class id."""
+    device: str = "auto"
+    """'auto': Cycles on the best GPU backend it finds, else the CPU with one warning; 'gpu':
+    the same but no GPU is an error (`blender_worker.devices.GPUNotFoundError`); 'cpu': Cycles
+    on the CPU. Eevee / Workbench draw wherever Blender's GL runs; their renderer is reported
+    after the first frame (see `blender_worker.devices`)."""
 
 
 class Renderer:
@@ -97,7 +102,10 @@ class Renderer:
             the supervising actor) or /dev/shm.
 
     Raises:
-        ValueError: ``settings.engine`` is not available in this Blender.
+        ValueError: ``settings.engine`` is not available in this Blender, or ``settings.device``
+            is unknown.
+        blender_worker.devices.GPUNotFoundError: ``device="gpu"`` and there is no GPU (for
+            Eevee / Workbench: raised by the first ``render()``).
 
     Example:
         Colour, depth and instance ids of the same frame::
@@ -133,10 +141,11 @@ class Renderer:
             # No denoiser in this build (e.g. Debian's Blender has no OpenImageDenoise): rendering
             # would fail with "Build without OpenImageDenoiser", so render without denoising.
             self.scene.cycles.use_denoising = False
-        if s.samples is not None:
+        self.device = _devices().choose_device(self.scene, s.device)
+        """The `blender_worker.devices.DeviceChoice` (also sent to the driver; see ``health()``)."""
+        if s.samples is not None:  # samples only; the device is chosen above
             if r.engine == "CYCLES":
                 self.scene.cycles.samples = s.samples
-                self.scene.cycles.device = "CPU"
             elif r.engine.startswith("BLENDER_EEVEE"):
                 self.scene.eevee.taa_render_samples = s.samples
         if s.workbench_aa is not None:
@@ -254,6 +263,9 @@ class Renderer:
     def _write(self, path: str) -> None:
         self.scene.render.filepath = path
         bpy.ops.render.render(write_still=True, scene=self.scene.name)
+        if self.device.gl_renderer is None and self.scene.render.engine in _devices().GL_ENGINES:
+            # A GL engine has drawn: now its renderer can be asked (not before; see devices.py)
+            self.device = _devices().note_gl_render() or self.device
 
     def close(self) -> None:
         """Remove the scratch directory."""
@@ -266,3 +278,9 @@ def _passes():
     from blender_worker import passes
 
     return passes
+
+
+def _devices():
+    from blender_worker import devices
+
+    return devices
