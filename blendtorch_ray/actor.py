@@ -6,13 +6,15 @@ yields one object per batch (``blendtorch_ray.batcher``). The generator's result
 by the caller, so batches already handed over survive this actor; with a consumer on this
 node, they are small descriptors into shared memory instead (``blendtorch_ray.relay``).
 The control methods (health, endpoints, duplex messages, close) run in their own
-concurrency group, so they answer while a stream is busy.
+concurrency group, so they answer while a stream is busy; the health figures are also
+exported as Ray metrics (``blendtorch_ray.metrics``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import warnings
 from typing import Any, Iterator, Optional
@@ -23,6 +25,7 @@ from blendtorch_ray.batcher import batches
 from blendtorch_ray.blender import find_blender
 from blendtorch_ray.config import LaunchConfig
 from blendtorch_ray.health import InstanceHealth
+from blendtorch_ray.metrics import InstanceMetrics
 from blendtorch_ray.relay import RING_SPARE_SLOTS, Relay
 from blendtorch_ray.supervisor import Supervisor
 from blendtorch_ray.transport import sweep_stale_dirs
@@ -70,6 +73,9 @@ class BlenderActor:
         epoch = int(time.time()) if reconstructed else 0
         self.sup = Supervisor(config, btid, find_blender(config.blender), _gpu_environment(config), prestarted, epoch)
         self._closed = False
+        self._stop_metrics = threading.Event()
+        node = ray.get_runtime_context().get_node_id()
+        InstanceMetrics(config.name or "", btid, node).run(lambda: self.sup.health(node), self._stop_metrics)
 
     def wait_ready(self) -> dict:
         """Block until the instance's first DataPublisher says hello.
@@ -196,6 +202,7 @@ class BlenderActor:
     def close(self) -> None:
         """End Blender and remove the instance's directories."""
         self._closed = True
+        self._stop_metrics.set()
         self.sup.close()
 
     def __del__(self) -> None:  # best effort: the lifeline in Blender is the guarantee
