@@ -1,145 +1,228 @@
-"""Step rate of Blender gymnasium envs (no rendering) beside plain gymnasium CartPole-v1.
+"""Step rate of ``blendtorch/CartPole-v0`` against its floor, per Blender, in one run.
 
-    python benchmarks/env_steps.py            # best of 3 windows of 3000 steps per row
-    python benchmarks/env_steps.py --tiny     # smoke test: one window of 50 steps per row
+    python benchmarks/env_steps.py                        # bpy wheel and Debian's binary
+    python benchmarks/env_steps.py --blender bpy --tiny   # smoke test
 
-Rows: blendtorch/CartPole-v0 (Blender rigid-body physics), blendtorch/Counter-v0 (a trivial
-Blender env: the cost of the channel itself) and gymnasium's CartPole-v1, each as a single env
-and as a vector env (sync and async); last, a bare ZeroMQ REQ/REP round trip to a plain Python
-process (the floor of any out-of-process step, compared with the single CartPole-v1). Start-up is excluded: every env is reset once before the
-clock starts. Steps/s counts env steps (a vector step of N envs counts N). Random actions;
-episodes that end are reset (autoreset in vector envs).
+For every Blender (``--blender bpy,blender``) two processes run side by side on the same
+cartpole scene (``blender_worker/scenes/cartpole.py``'s ``build_scene``, rigid-body physics,
+no rendering):
+
+* the floor: a bare Blender that answers ZeroMQ REQ/REP (one-frame messages, blocking
+  sockets, no codec, no env logic) and calls ``scene.frame_set`` once per request: what any
+  out-of-process Blender step costs on this machine;
+* the env: ``gymnasium.make("blendtorch/CartPole-v0", blender=...)``, driven by a balancing
+  controller so that episodes are long (truncated at 500 steps); only ``step()`` is timed,
+  ``reset()`` separately.
+
+Windows of the floor and the env alternate (``--repeat`` of each, ``--steps`` steps per
+window) so that both see the same machine load; the table shows medians. Start-up is excluded.
+Last, a bare ZeroMQ REQ/REP round trip to a plain Python process (no Blender): the transport
+alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import gymnasium as gym
-import numpy as np
+import zmq
 
 import blendtorch_ray.envs  # noqa: F401 - registers the Blender envs
+from blendtorch_ray.blender import find_blender
+from blendtorch_ray.process import BlenderProcess
 
+_FLOOR = """
+import sys
+import bpy
+import zmq
+from blender_worker.scenes.cartpole import build_scene
 
-def run_single(env_id: str, steps: int, repeat: int, **kwargs) -> float:
-    env = gym.make(env_id, **kwargs)
-    try:
-        env.reset(seed=0)
-        env.action_space.seed(0)
-        best = 0.0
-        for _ in range(repeat):
-            actions = [env.action_space.sample() for _ in range(steps)]
-            t0 = time.perf_counter()
-            for a in actions:
-                _, _, terminated, truncated, _ = env.step(a)
-                if terminated or truncated:
-                    env.reset()
-            best = max(best, steps / (time.perf_counter() - t0))
-        return best
-    finally:
-        env.close()
-
-
-def run_vector(env_id: str, steps: int, repeat: int, num_envs: int, mode: str, **kwargs) -> float:
-    env = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode=mode, **kwargs)
-    try:
-        env.reset(seed=0)
-        env.action_space.seed(0)
-        n = max(1, steps // num_envs)
-        best = 0.0
-        for _ in range(repeat):
-            actions = [env.action_space.sample() for _ in range(n)]
-            t0 = time.perf_counter()
-            for a in actions:
-                env.step(a)
-            best = max(best, n * num_envs / (time.perf_counter() - t0))
-        return best
-    finally:
-        env.close()
-
+address, last = sys.argv[sys.argv.index("--") + 1], 502
+build_scene(50)
+scene = bpy.context.scene
+scene.frame_start, scene.frame_end = 1, last
+rbw = scene.rigidbody_world
+rbw.point_cache.frame_start, rbw.point_cache.frame_end = 1, last
+sock = zmq.Context.instance().socket(zmq.REP)
+sock.connect(address)
+frame = 1
+scene.frame_set(frame)
+while True:
+    msg = sock.recv()
+    if msg == b"stop":
+        sock.send(b"bye")
+        break
+    frame += 1
+    if frame >= last:  # like an env reset: rewind the physics
+        frame = 1
+        rbw.time_scale = rbw.time_scale
+    scene.frame_set(frame)
+    sock.send(b"%d" % frame)
+"""
 
 _ECHO = """
 import sys, zmq
 s = zmq.Context.instance().socket(zmq.REP)
 s.connect(sys.argv[1])
 while True:
-    m = s.recv_multipart()
-    s.send_multipart(m)
-    if m[0] == b"stop":
+    m = s.recv()
+    s.send(m)
+    if m == b"stop":
         break
 """
 
 
-def run_pingpong(steps: int, repeat: int) -> float:
-    """Round trips/s of a bare ZeroMQ REQ/REP over ipc to a plain Python echo process:
-    the floor under any out-of-process env step on this machine."""
-    import subprocess
-    import sys
-    import tempfile
+def controller(obs) -> int:
+    """Push towards the side the pole falls to (keeps episodes to their 500-step limit)."""
+    x, v, angle, omega = obs.tolist()
+    return 1 if angle + 0.3 * omega + 0.05 * x + 0.1 * v > 0 else 0
 
-    import zmq
 
-    with tempfile.TemporaryDirectory() as tmp:
-        sock = zmq.Context.instance().socket(zmq.REQ)
-        address = f"ipc://{tmp}/echo.sock"
-        sock.bind(address)
-        proc = subprocess.Popen([sys.executable, "-c", _ECHO, address])
+class Floor:
+    """A bare Blender answering REQ/REP with one ``frame_set`` per request."""
+
+    def __init__(self, blender: str, tmp: str) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.REQ)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        address = f"ipc://{tmp}/floor-{blender}.sock"
+        self.sock.bind(address)
+        script = os.path.join(tmp, "floor.py")
+        with open(script, "w") as f:
+            f.write(_FLOOR)
+        self.proc = BlenderProcess(find_blender(blender), script, None, [address], os.path.join(tmp, f"floor-{blender}.log"))
+        self.sock.setsockopt(zmq.RCVTIMEO, 120_000)
+        self.sock.send(b"go")
+        self.sock.recv()
+        self.sock.setsockopt(zmq.RCVTIMEO, 10_000)
+
+    def window(self, steps: int) -> float:
+        sock = self.sock
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            sock.send(b"step")
+            sock.recv()
+        return steps / (time.perf_counter() - t0)
+
+    def close(self) -> None:
         try:
-            sock.send_multipart([b"ping"])
-            sock.recv_multipart()
-            rate = 0.0
-            for _ in range(repeat):
-                t0 = time.perf_counter()
-                for _ in range(steps):
-                    sock.send_multipart([b"ping"])
-                    sock.recv_multipart()
-                rate = max(rate, steps / (time.perf_counter() - t0))
-            sock.send_multipart([b"stop"])
-            sock.recv_multipart()
-        finally:
-            proc.wait(10)
-            sock.close(0)
-    return rate
+            self.sock.send(b"stop")
+            self.sock.recv()
+        except zmq.ZMQError:
+            pass
+        self.proc.terminate()
+        self.sock.close(0)
+
+
+class Env:
+    """``blendtorch/CartPole-v0`` under a balancing controller; times ``step()`` and ``reset()``."""
+
+    def __init__(self, blender: str) -> None:
+        self.env = gym.make("blendtorch/CartPole-v0", blender=blender)
+        self.obs, _ = self.env.reset(seed=0)
+        self.resets: list[float] = []
+
+    def window(self, steps: int) -> float:
+        env, obs, clock, spent = self.env, self.obs, time.perf_counter, 0.0
+        for _ in range(steps):
+            action = controller(obs)
+            t0 = clock()
+            obs, _, terminated, truncated, _ = env.step(action)
+            spent += clock() - t0
+            if terminated or truncated:
+                t0 = clock()
+                obs, _ = env.reset()
+                self.resets.append(clock() - t0)
+        self.obs = obs
+        return steps / spent
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def run_blender(blender: str, steps: int, repeat: int, tmp: str) -> dict:
+    floor, env = Floor(blender, tmp), None
+    try:
+        env = Env(blender)
+        floor.window(min(steps, 500))  # warm-up
+        env.window(min(steps, 500))
+        env.resets.clear()
+        floors, envs = [], []
+        for _ in range(repeat):
+            floors.append(floor.window(steps))
+            envs.append(env.window(steps))
+        ratios = [e / f for e, f in zip(envs, floors)]
+        return {"floor": statistics.median(floors), "env": statistics.median(envs),
+                "ratio": statistics.median(ratios),
+                "reset_ms": 1000 * statistics.median(env.resets) if env.resets else float("nan"),
+                "resets": len(env.resets)}
+    finally:
+        floor.close()
+        if env is not None:
+            env.close()
+
+
+def run_echo(steps: int, repeat: int, tmp: str) -> float:
+    """Round trips/s of a bare ZeroMQ REQ/REP over ipc to a plain Python echo process."""
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    address = f"ipc://{tmp}/echo.sock"
+    sock.bind(address)
+    proc = subprocess.Popen([sys.executable, "-c", _ECHO, address])
+    try:
+        sock.send(b"ping")
+        sock.recv()
+        rates = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                sock.send(b"ping")
+                sock.recv()
+            rates.append(steps / (time.perf_counter() - t0))
+        sock.send(b"stop")
+        sock.recv()
+    finally:
+        proc.wait(10)
+        sock.close(0)
+    return statistics.median(rates)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=3000, help="env steps per row")
-    parser.add_argument("--num-envs", type=int, default=2, help="sub-envs of the vector rows")
-    parser.add_argument("--repeat", type=int, default=3, help="timed windows per row; the best counts")
-    parser.add_argument("--tiny", action="store_true", help="smoke test: 50 steps, 1 window per row")
+    parser.add_argument("--blender", default="bpy,blender", help="comma-separated Blenders (bpy, blender, a path)")
+    parser.add_argument("--steps", type=int, default=2000, help="steps per timed window")
+    parser.add_argument("--repeat", type=int, default=5, help="timed windows of the floor and of the env each")
+    parser.add_argument("--tiny", action="store_true", help="smoke test: 100 steps, 1 window")
     args = parser.parse_args()
-    steps = 50 if args.tiny else args.steps
-    repeat = 1 if args.tiny else args.repeat
+    steps, repeat = (100, 1) if args.tiny else (args.steps, args.repeat)
+    blenders = [b.strip() for b in args.blender.split(",") if b.strip()]
 
-    envs = [
-        ("gymnasium CartPole-v1", "CartPole-v1", {}),
-        ("blendtorch/CartPole-v0", "blendtorch/CartPole-v0", {}),
-        ("blendtorch/Counter-v0", "blendtorch/Counter-v0", {"length": 1000}),
-    ]
-    rows = []
-    for label, env_id, kwargs in envs:
-        rows.append((label, "single", run_single(env_id, steps, repeat, **kwargs)))
-        for mode in ("sync", "async"):
-            rate = run_vector(env_id, steps, repeat, args.num_envs, mode, **kwargs)
-            rows.append((label, f"{mode} x{args.num_envs}", rate))
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {b: run_blender(b, steps, repeat, tmp) for b in blenders}
+        echo = run_echo(steps, repeat, tmp)
 
-    reference = {mode: rate for label, mode, rate in rows if label.startswith("gymnasium")}
-    reference["round trip"] = reference["single"]
-    rows.append(("zmq REQ/REP echo (floor)", "round trip", run_pingpong(steps, repeat)))
-    print(f"\nenv steps/s, best of {repeat} x {steps} steps per row, no rendering "
+    print(f"\nblendtorch/CartPole-v0, medians of {repeat} alternating windows of {steps} steps, no rendering "
           f"({time.strftime('%Y-%m-%d')}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
-    print(f"{'env':26s} {'mode':10s} {'steps/s':>10s} {'vs CartPole-v1':>15s}")
-    for label, mode, rate in rows:
-        ratio = rate / reference[mode]
-        print(f"{label:26s} {mode:10s} {rate:10.0f} {ratio:14.4f}x")
-    single = {label: rate for label, mode, rate in rows if mode == "single"}
-    print(f"\nBlender cartpole / trivial Blender env (single): "
-          f"{single['blendtorch/CartPole-v0'] / single['blendtorch/Counter-v0']:.2f}")
+    names = {"bpy": "bpy wheel", "blender": "blender binary"}
+    cols = [names.get(b, b) for b in blenders]
+    print(f"| {'figure':58s} | " + " | ".join(f"{c:>14s}" for c in cols) + " |")
+    print(f"|{'-' * 60}|" + "|".join("-" * 15 + ":" for _ in cols) + "|")
+    rows = [
+        ("floor: bare Blender REQ/REP + frame_set (steps/s)", "floor", "{:,.0f}"),
+        ("env: gymnasium.make('blendtorch/CartPole-v0').step() (steps/s)", "env", "{:,.0f}"),
+        ("env / floor", "ratio", "{:.2f}"),
+        ("reset() (ms, median)", "reset_ms", "{:.2f}"),
+    ]
+    for label, key, fmt in rows:
+        print(f"| {label:58s} | " + " | ".join(f"{fmt.format(results[b][key]):>14s}" for b in blenders) + " |")
+    print(f"| {'bare ZeroMQ REQ/REP round trip, plain Python, no Blender':58s} | {echo:>14,.0f} |")
+    print(f"\nresets timed: " + ", ".join(f"{names.get(b, b)} {results[b]['resets']}" for b in blenders))
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=3)
     main()

@@ -289,8 +289,8 @@ class BaseEnv(Generic[ObsType, ActType]):
 
 
 def _recv(sock: "zmq.Socket") -> dict:
-    return sockets.recv(sock)[1]
+    return sockets.recv_compact(sock)
 
 
 def _send(sock: "zmq.Socket", obj: Any) -> None:
-    sockets.send(sock, obj, kind=KIND_ENV)
+    sockets.send_compact(sock, obj, kind=KIND_ENV)

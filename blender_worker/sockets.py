@@ -8,6 +8,7 @@ channel (items, duplex, env), so framing is spelled once. Imports only pyzmq and
 from __future__ import annotations
 
 import os
+import pickle
 from typing import Any, Optional
 
 import zmq
@@ -86,3 +87,53 @@ def recv(sock: "zmq.Socket", flags: int = 0) -> tuple[dict, Any]:
     """
     frames = sock.recv_multipart(flags, copy=False)
     return codec.decode([f.buffer for f in frames])
+
+
+COMPACT_MAX_BYTES = 64 * 1024
+"""Largest pickle ``send_compact`` sends as one in-band frame; bigger objects (rendered
+frames) go through ``send`` with their arrays out-of-band."""
+
+
+def send_compact(sock: "zmq.Socket", obj: Any, *, kind: str = KIND_ITEM, flags: int = 0) -> None:
+    """Send a small ``obj`` as ONE frame (an in-band pickle, protocol 5, no JSON header).
+
+    The fast path of request/reply channels whose messages are a few dozen bytes (env steps):
+    one frame, copied, costs far fewer system calls and allocations than the framed
+    ``send``. Objects whose pickle exceeds ``COMPACT_MAX_BYTES`` fall back to ``send``
+    (several frames); ``recv_compact`` reads either.
+
+    Args:
+        sock: The socket to send on.
+        obj: A pickle-able object.
+        kind: The header's message kind, used only by the fallback.
+        flags: ZeroMQ send flags (e.g. ``zmq.NOBLOCK``).
+    """
+    body = pickle.dumps(obj, protocol=5)
+    if len(body) > COMPACT_MAX_BYTES:
+        send(sock, obj, kind=kind, flags=flags)
+    else:
+        sock.send(body, flags)
+
+
+def recv_compact(sock: "zmq.Socket", flags: int = 0) -> Any:
+    """Receive one message sent by ``send_compact`` (one frame) or ``send`` (several).
+
+    Args:
+        sock: The socket to receive on.
+        flags: ZeroMQ receive flags (e.g. ``zmq.NOBLOCK``).
+
+    Returns:
+        The object.
+
+    Raises:
+        blender_worker.codec.CodecError: The message is malformed or truncated.
+        zmq.Again: With ``zmq.NOBLOCK`` (or a receive timeout), when nothing is queued.
+    """
+    first = sock.recv(flags)
+    if not sock.rcvmore:
+        try:
+            return pickle.loads(first)
+        except Exception as exc:  # noqa: BLE001
+            raise codec.CodecError(f"cannot unpickle one-frame message ({type(exc).__name__}: {exc})") from exc
+    frames = [first, *sock.recv_multipart(flags, copy=False)]
+    return codec.decode([f if isinstance(f, bytes) else f.buffer for f in frames])[1]

@@ -98,6 +98,7 @@ class _Connection:
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.REQ)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVTIMEO, ALIVE_CHECK_MS)  # bounds every blocking receive
         self.address = sockets.bind(self.sock, config.transport, self.dir.path, "env")
         log_dir = config.log_dir or self.dir.path
         os.makedirs(log_dir, exist_ok=True)
@@ -236,14 +237,23 @@ class BlenderEnv(gym.Env):
         """Send one request and wait for its reply, checking every ``ALIVE_CHECK_MS`` that Blender lives.
 
         The send waits too: a REQ socket has nobody to send to until Blender has connected.
+        Fast path (a step): one non-blocking send and one blocking receive that the socket's
+        ``RCVTIMEO`` (``ALIVE_CHECK_MS``) bounds; only a send that cannot go out yet polls.
+        Messages are single-frame pickles (``sockets.send_compact``).
         """
+        sock = conn.sock
         deadline = time.monotonic() + timeout
-        for event in (zmq.POLLOUT, zmq.POLLIN):
-            while not conn.sock.poll(ALIVE_CHECK_MS, event):
+        try:
+            sockets.send_compact(sock, message, kind=KIND_ENV, flags=zmq.NOBLOCK)
+        except zmq.Again:  # Blender has not connected yet
+            while not sock.poll(ALIVE_CHECK_MS, zmq.POLLOUT):
                 self._check(conn, what, timeout, deadline, died)
-            if event == zmq.POLLOUT:
-                sockets.send(conn.sock, message, kind=KIND_ENV)
-        return sockets.recv(conn.sock)[1]
+            sockets.send_compact(sock, message, kind=KIND_ENV)
+        while True:
+            try:
+                return sockets.recv_compact(sock)
+            except zmq.Again:  # RCVTIMEO passed: is Blender still there?
+                self._check(conn, what, timeout, deadline, died)
 
     def _check(self, conn: _Connection, what: str, timeout: float, deadline: float, died: type) -> None:
         """Raise (and mark the env broken) when Blender died or the deadline passed."""

@@ -159,4 +159,5 @@ def main() -> None:
     CartPoleEnv(launch, env_args, args).run()
 
 
-main()
+if __name__ == "__main__":  # run by Blender; benchmarks/env_steps.py imports build_scene
+    main()
