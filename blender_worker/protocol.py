@@ -36,6 +36,9 @@ KIND_REPLY = "reply"
 """A duplex reply from Blender (Blender -> actor)."""
 KIND_ENV = "env"
 """Every request and reply on the env channel (REQ/REP)."""
+KIND_INFO = "info"
+"""Where Blender renders, sent whenever it changes, ``{"device": DeviceChoice.to_dict(),
+"warnings": [new warnings]}`` (Blender -> actor; see ``blender_worker.devices``)."""
 
 
 class EnvCommand:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import time
 from typing import Any, Optional
 
 import zmq
 
 from blender_worker import codec
-from blender_worker.protocol import KIND_END, KIND_READY, LaunchArgs, check_item_keys
+from blender_worker.protocol import KIND_END, KIND_INFO, KIND_READY, LaunchArgs, check_item_keys
 
 ACK_POLL_S = 0.02
 """Seconds between two looks for the actor's acknowledgement file when the publisher closes."""
@@ -73,6 +74,8 @@ class DataPublisher:
 
             self._slots = SlotFile(*launch.slots)
         self._closed = False
+        self._info_version = 0
+        self._info_warnings = 0
         # Readiness handshake: the actor waits for this before reporting the instance ready.
         self._sock.send_multipart(
             codec.encode(
@@ -99,6 +102,7 @@ class DataPublisher:
         if self._closed:
             raise RuntimeError("publish() on a closed DataPublisher")
         check_item_keys(items)
+        self._send_info()
         item = dict(items)
         item.update(btid=self.btid, seq=self.seq, seed=self.launch.seed, epoch=self.launch.epoch,
                     generation=self.generation)
@@ -119,6 +123,7 @@ class DataPublisher:
         if self._closed:
             return
         self._closed = True
+        self._send_info()
         # End marker: tells the actor that every item of this epoch has been sent.
         self._sock.send_multipart(
             codec.encode({"count": self.seq, "epoch": self.launch.epoch}, codec="json", kind=KIND_END)
@@ -128,6 +133,17 @@ class DataPublisher:
             self._sock.setsockopt(zmq.LINGER, linger_ms)
         self._sock.close()
         self._ctx.term()
+
+    def _send_info(self) -> None:
+        """Tell the actor where Blender renders when that changed (``KIND_INFO``); one integer
+        comparison when it did not."""
+        devices = sys.modules.get("blender_worker.devices")  # loaded by Renderer, if any
+        if devices is None or devices.current()[0] == self._info_version:
+            return
+        version, choice, warnings = devices.current()
+        body = {"device": choice.to_dict() if choice else None, "warnings": warnings[self._info_warnings:]}
+        self._sock.send_multipart(codec.encode(body, codec="json", kind=KIND_INFO), copy=False)
+        self._info_version, self._info_warnings = version, len(warnings)
 
     def _wait_for_ack(self) -> None:
         """Stay alive until the supervisor has read everything up to the end marker.

@@ -54,6 +54,15 @@ class InstanceHealth:
     """Blender's scheduling niceness (inherited from Ray's worker niceness; 0 in local mode)."""
     warnings: list = field(default_factory=list)
     """The latest warnings (at most ``MAX_WARNINGS``), oldest first."""
+    render_device: Optional[str] = None
+    """Where Blender renders: "CPU" or "GPU" (``RenderSettings.device``; see
+    ``blender_worker.devices``); None until its ``Renderer`` has said (Eevee / Workbench: after
+    the first frame) or when the script renders without one. Software GL counts as "CPU"."""
+    render_backend: Optional[str] = None
+    """Cycles on the GPU: its backend and devices ("OPTIX: NVIDIA A10G"); else None."""
+    gl_renderer: Optional[str] = None
+    """Eevee / Workbench: Blender's GL renderer string (``gpu.platform.renderer_get()``, e.g.
+    "llvmpipe (LLVM 15.0.6, 256 bits)" for software GL); None for Cycles or before the first frame."""
 
 
 def health_table(rows: Sequence[InstanceHealth]) -> str:

@@ -17,7 +17,7 @@ import time
 from typing import Any, Optional
 
 from blender_worker import codec
-from blender_worker.protocol import KIND_END, KIND_ITEM, KIND_READY
+from blender_worker.protocol import KIND_END, KIND_INFO, KIND_ITEM, KIND_READY
 from blender_worker.slots import SlotFile
 from blendtorch_ray.blender import BlenderExecutable
 from blendtorch_ray.config import LaunchConfig
@@ -85,6 +85,8 @@ class Supervisor:
         """Items received but not yet handed over in a batch."""
         self.last_error: Optional[str] = None
         self.warnings: list[str] = []
+        self.device: Optional[dict] = None
+        """Where Blender renders (``blender_worker.devices.DeviceChoice.to_dict()``), from its latest ``KIND_INFO``."""
         self.ready = False
         self.finished = False
         self._epoch_items = 0
@@ -270,6 +272,8 @@ class Supervisor:
             self.ready = True
         elif kind == KIND_END:
             self.on_end(obj)
+        elif kind == KIND_INFO:
+            self.on_info(obj)
         elif kind == KIND_ITEM:
             self.dropped += 1
             self.warn(f"dropped an item of type {type(obj).__name__}; publish(**items) sends dicts")
@@ -305,6 +309,8 @@ class Supervisor:
                 if header.get("kind") == KIND_END:
                     self.on_end(obj)
                     break
+                if header.get("kind") == KIND_INFO:
+                    self.on_info(obj)
                 if header.get("kind") == KIND_ITEM and isinstance(obj, dict):
                     items.append(obj)
                     held.append(header)
@@ -326,6 +332,20 @@ class Supervisor:
         if sent > self._epoch_items:
             self.lost += sent - self._epoch_items
             self.warn(f"{sent - self._epoch_items} item(s) of epoch {self.epoch} were sent but never arrived")
+
+    def on_info(self, obj: Any) -> None:
+        """Blender says where it renders (``KIND_INFO``): keep it for ``health()``, pass its
+        warnings on.
+
+        Args:
+            obj: The message body (``{"device", "warnings"}``).
+        """
+        if not isinstance(obj, dict):
+            return
+        if isinstance(obj.get("device"), dict):
+            self.device = obj["device"]
+        for text in obj.get("warnings") or ():
+            self.warn(str(text))
 
     def count(self) -> None:
         """Count one received item (for ``items``, ``fps`` and recycling)."""
@@ -356,6 +376,7 @@ class Supervisor:
             queue_depth=self.partial, dropped_messages=self.dropped, last_error=self.last_error,
             log_path=self.log_path, rss_bytes=self.process.rss_bytes(), recycles=self.recycles,
             lost_items=self.lost, niceness=self.process.niceness(), warnings=list(self.warnings),
+            **_device_fields(self.device),
         )
 
     def close(self) -> None:
@@ -365,3 +386,14 @@ class Supervisor:
         self.control.close()
         self.dir.cleanup()
         self.mem_dir.cleanup()
+
+
+def _device_fields(device: Optional[dict]) -> dict:
+    """``render_device``, ``render_backend`` and ``gl_renderer`` of `InstanceHealth` from a
+    ``KIND_INFO`` device dict (None: Blender has not said)."""
+    if not device:
+        return {}
+    backend = device.get("backend")
+    names = ", ".join(device.get("devices") or ())
+    return {"render_device": device.get("device"), "gl_renderer": device.get("gl_renderer"),
+            "render_backend": f"{backend}: {names}" if backend else None}
