@@ -49,6 +49,7 @@ _LAZY = {
     "SupervisionConfig": "blendtorch_ray.config",
     "StreamConfig": "blendtorch_ray.config",
     "make_loader": "blendtorch_ray.loader",
+    "show": "blendtorch_ray.preview",
     "RemoteIterableDataset": "blendtorch_ray.dataset",
     "InstanceHealth": "blendtorch_ray.health",
     "GroupChannel": "blendtorch_ray.duplex",

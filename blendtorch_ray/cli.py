@@ -137,7 +137,7 @@ def record_stream(
 
     Used by ``blendtorch-ray record``; returns the closed recorder (``shards``, ``items``).
     """
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     from blender_worker.scenes import CUBE
     from blendtorch_ray.launcher import BlenderLauncher

@@ -10,20 +10,10 @@ import numpy as np
 
 
 def contact_sheet(images: list[np.ndarray], path: str, columns: int = 4, thumb_width: int = 240) -> None:
-    """Write a grid of RGB(A) uint8 images as a PNG (Pillow)."""
-    from PIL import Image
+    """Write a grid of RGB(A) uint8 images as a PNG (`blendtorch_ray.preview.show`)."""
+    from blendtorch_ray.preview import show
 
-    thumbs = []
-    for img in images:
-        im = Image.fromarray(np.ascontiguousarray(img[..., :3]))
-        h = int(im.height * thumb_width / im.width)
-        thumbs.append(im.resize((thumb_width, h)))
-    rows = (len(thumbs) + columns - 1) // columns
-    th = thumbs[0].height
-    sheet = Image.new("RGB", (columns * thumb_width, rows * th), "white")
-    for i, t in enumerate(thumbs):
-        sheet.paste(t, ((i % columns) * thumb_width, (i // columns) * th))
-    sheet.save(path)
+    show(images, columns=columns, max_items=max(1, len(images)), thumb_width=thumb_width).save(path)
 
 
 def run_demo(
@@ -34,7 +24,7 @@ def run_demo(
     blender: Optional[str] = None,
     out: str = "demo_contact_sheet.png",
 ) -> int:
-    from tqdm import tqdm
+    from tqdm.auto import tqdm
 
     from blender_worker.scenes import CUBE
     from blendtorch_ray import BlenderLauncher, make_loader
