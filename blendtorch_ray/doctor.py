@@ -3,7 +3,11 @@
 Looks at the bpy wheel in this interpreter, ``blender`` on PATH and ``$BLENDTORCH_BLENDER``.
 For each it runs small probes in subprocesses (each with a timeout): one reports the
 Blender and Python versions and whether ``blender_worker`` (with numpy and pyzmq) imports,
-and one per engine renders a 32x24 frame to a file.
+one per engine renders a 32x24 frame to a file, and one lists the render devices: Cycles'
+compute devices per backend (``blender_worker.devices.cycles_devices``) and the GL renderer
+that Eevee / Workbench draw with (read after a Workbench frame: Blender 3.4 crashes when asked
+before). Then it says what to fix for the GPU: no GPU driver, no GPU backend in this build of
+Blender, or software GL although there is a GPU (the vendor's EGL library is missing).
 """
 
 from __future__ import annotations
@@ -88,6 +92,68 @@ _RENDER_PROBE = textwrap.dedent(
 )
 
 
+_DEVICE_PROBE = textwrap.dedent(
+    """
+    import json, os, sys
+    import bpy
+    path = sys.argv[sys.argv.index("--") + 1:][0]
+    out = {"cycles": None, "gl": None}
+    try:
+        from blender_worker import devices
+        out["cycles"] = devices.cycles_devices()[0]
+    except BaseException as exc:
+        out["cycles"] = f"{type(exc).__name__}: {exc}"
+    print(%r + json.dumps(out), flush=True)  # kept if the GL part below crashes Blender
+    try:
+        scene, r = bpy.context.scene, bpy.context.scene.render
+        r.engine = "BLENDER_WORKBENCH"
+        r.resolution_x, r.resolution_y, r.resolution_percentage = 32, 24, 100
+        if hasattr(r.image_settings, "media_type"):
+            r.image_settings.media_type = "IMAGE"
+        r.image_settings.file_format = "TARGA_RAW"
+        r.filepath = path
+        bpy.ops.render.render(write_still=True)
+        renderer, vendor, kind = devices.gl_info()
+        out["gl"] = {"renderer": renderer, "vendor": vendor, "device_type": kind,
+                     "software": devices.is_software_gl(renderer, kind)}
+    except BaseException as exc:
+        out["gl"] = f"{type(exc).__name__}: {exc}"
+    print(%r + json.dumps(out), flush=True)
+    """
+    % (_MARK, _MARK)
+)
+
+EGL_VENDOR_DIRS = ("/usr/share/glvnd/egl_vendor.d", "/etc/glvnd/egl_vendor.d")
+"""Where libglvnd looks for EGL vendor libraries (an NVIDIA driver installs 10_nvidia.json)."""
+
+
+def gpu_driver() -> Optional[str]:
+    """A sign of a GPU driver on this machine, or None.
+
+    Returns:
+        "nvidia-smi", "/dev/nvidia0", "/dev/kfd" (AMD) or None.
+    """
+    if shutil.which("nvidia-smi"):
+        return "nvidia-smi"
+    for dev in ("/dev/nvidia0", "/dev/kfd"):
+        if os.path.exists(dev):
+            return dev
+    return None
+
+
+def egl_vendors() -> list[str]:
+    """The EGL vendor files libglvnd would load (e.g. ``50_mesa.json``, ``10_nvidia.json``).
+
+    Returns:
+        File names, sorted.
+    """
+    names: list[str] = []
+    for d in EGL_VENDOR_DIRS:
+        if os.path.isdir(d):
+            names += [n for n in os.listdir(d) if n.endswith(".json")]
+    return sorted(set(names))
+
+
 @dataclass
 class BlenderReport:
     """What the doctor found out about one Blender."""
@@ -108,6 +174,14 @@ class BlenderReport:
     """Engine name -> 'ok 0.12s' / 'failed' / 'timeout' / 'skipped'."""
     problems: list[str] = field(default_factory=list)
     """What to fix, one sentence each."""
+    cycles_devices: dict = field(default_factory=dict)
+    """Cycles backend -> its device names, or "not in this build" (empty: not probed)."""
+    gl: Optional[dict] = None
+    """The GL renderer after a Workbench frame: ``{"renderer", "vendor", "device_type", "software"}``,
+    or None (not probed, or it failed: see ``gpu_notes``)."""
+    gpu_notes: list[str] = field(default_factory=list)
+    """What the device probe found out about the GPU path (also in ``problems`` when a GPU
+    driver is present, i.e. when there is something to fix)."""
 
     @property
     def usable(self) -> bool:
@@ -170,9 +244,9 @@ def _run_probe(exe: BlenderExecutable, source: str, args: Sequence[str], timeout
                                   errors="replace", timeout=timeout)
         except subprocess.TimeoutExpired:
             return None, f"timeout ({timeout:.0f}s)"
-    for line in proc.stdout.splitlines():
-        if line.startswith(_MARK):
-            return json.loads(line[len(_MARK):]), ""
+    marked = [ln for ln in proc.stdout.splitlines() if ln.startswith(_MARK)]
+    if marked:  # the last one: a probe may report in steps
+        return json.loads(marked[-1][len(_MARK):]), ""
     lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
     errors = [ln for ln in lines if ("Error" in ln or "error" in ln) and "script failed" not in ln]
     return None, (errors or lines or [f"exit code {proc.returncode}"])[-1].strip()[:120]
@@ -228,7 +302,94 @@ def examine(report: BlenderReport, engines: Sequence[str] = ENGINES, timeout: fl
             report.engines[engine] = "timeout" if why.startswith("timeout") else "failed"
             report.problems.append(f"{engine} does not render headless in Blender {report.version} "
                                    f"({exe.path}): {why or 'no image written'}")
+    if report.worker == "ok":
+        examine_devices(report, timeout)
     return report
+
+
+def examine_devices(report: BlenderReport, timeout: float = 120.0) -> BlenderReport:
+    """List the render devices of ``report``'s Blender and say what to fix for the GPU.
+
+    Args:
+        report: An examined report whose blender_worker imports; changed in place.
+        timeout: Seconds for the probe subprocess.
+
+    Returns:
+        ``report`` with ``cycles_devices``, ``gl`` and ``gpu_notes`` filled in.
+    """
+    result, why = _run_probe(report.blender, _DEVICE_PROBE, ["{tmp}/gl.tga"], timeout)
+    notes = report.gpu_notes
+    if result is None:
+        notes.append(f"the device probe failed in Blender {report.version}: {why}")
+        return report
+    where = f"Blender {report.version} ({report.blender.path})"
+    if isinstance(result["cycles"], dict):
+        report.cycles_devices = result["cycles"]
+    else:
+        notes.append(f"Cycles devices could not be listed in {where}: {result['cycles']}")
+    if isinstance(result["gl"], dict):
+        report.gl = result["gl"]
+    elif result["gl"] is None:
+        notes.append(f"the GL renderer could not be read in {where} (Blender exited while drawing)")
+    else:
+        notes.append(f"the GL renderer could not be read in {where}: {result['gl']}")
+    driver = gpu_driver()
+    gpus = [n for v in report.cycles_devices.values() if isinstance(v, list) for n in v]
+    nvidia_in_build = [b for b in ("OPTIX", "CUDA") if isinstance(report.cycles_devices.get(b), list)]
+    if report.cycles_devices and not gpus:
+        if driver is None:
+            notes.append(f"no GPU driver on this machine (no nvidia-smi, /dev/nvidia0 or /dev/kfd): {where} "
+                         "renders Cycles on the CPU; on GPU nodes install the GPU driver")
+        elif not nvidia_in_build:
+            notes.append(f"no GPU in this build of Blender: {where} has neither OptiX nor CUDA compiled in; "
+                         "use the bpy wheel or a blender.org build (blender=...)")
+        else:
+            notes.append(f"a GPU driver is there ({driver}) but Cycles in {where} lists no device "
+                         f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); check that the "
+                         "driver's libcuda.so.1 loads and matches the kernel module (nvidia-smi)")
+    if report.gl and report.gl.get("software"):
+        if driver is None:
+            notes.append(f"Eevee / Workbench in {where} draw with software GL ({report.gl.get('renderer')}): "
+                         "no GPU here")
+        else:
+            vendors = egl_vendors()
+            notes.append(f"Eevee / Workbench in {where} draw with software GL ({report.gl.get('renderer')}) "
+                         f"although a GPU driver is there ({driver}): the GPU vendor's EGL library is missing "
+                         f"(EGL vendors found: {', '.join(vendors) or 'none'}; NVIDIA: install libnvidia-gl-<version> "
+                         "for libEGL_nvidia.so.0 and 10_nvidia.json)")
+    if driver is not None:  # there is a GPU: whatever stops Blender from using it is to be fixed
+        report.problems += [n for n in notes if n not in report.problems]
+    return report
+
+
+def format_devices(reports: Sequence[BlenderReport]) -> list[str]:
+    """The "Render devices" lines of the doctor's output: per Blender, Cycles' compute devices
+    per backend and the GL renderer.
+
+    Args:
+        reports: Examined reports.
+
+    Returns:
+        Lines of text.
+    """
+    lines = ["\nRender devices:"]
+    for r in reports:
+        if r.blender is None or not (r.cycles_devices or r.gl or r.gpu_notes):
+            continue
+        name = f"{', '.join(r.sources)} (Blender {r.version})"
+        backends = "; ".join(f"{b}: {v if isinstance(v, str) else (', '.join(v) or 'no device')}"
+                             for b, v in r.cycles_devices.items()) or "-"
+        lines.append(f"  {name}: Cycles compute devices: {backends}")
+        if r.gl:
+            kind = "software, CPU" if r.gl.get("software") else (r.gl.get("device_type") or "?")
+            lines.append(f"  {name}: GL renderer: {r.gl.get('renderer')} ({r.gl.get('vendor')}, {kind})")
+        else:
+            lines.append(f"  {name}: GL renderer: unknown")
+    notes = [n for r in reports for n in r.gpu_notes if n not in r.problems]
+    if notes:
+        lines.append("\nGPU:")
+        lines += [f"  - {n}" for n in notes]
+    return lines
 
 
 def format_report(reports: Sequence[BlenderReport], engines: Sequence[str] = ENGINES) -> str:
@@ -263,6 +424,7 @@ def format_report(reports: Sequence[BlenderReport], engines: Sequence[str] = ENG
         problems = [p for r in reports for p in r.problems]
         if str(exc) in problems:
             lines[-1] = f"\nno default Blender: the one ${ENV_VAR} names cannot be used (see below)"
+    lines += format_devices(reports)
     problems = [p for r in reports for p in r.problems]
     lines.append("\nWhat to fix:" if problems else "\nNothing to fix.")
     lines += [f"  - {p}" for p in problems]

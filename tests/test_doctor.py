@@ -64,3 +64,32 @@ def test_doctor_names_a_too_old_env_blender_and_the_fix(tmp_path):
     assert "no default Blender" in out  # find_blender() with that $BLENDTORCH_BLENDER fails too
     with pytest.raises(subprocess.CalledProcessError):  # bad engine name: argparse-level error
         subprocess.run([*CLI, "--engines", "vray"], check=True, capture_output=True, timeout=60, cwd=REPO)
+
+
+def test_doctor_lists_render_devices_and_gl_renderer_per_blender():
+    """Per Blender found: Cycles' compute devices per backend and the GL renderer (this machine:
+    no GPU, Mesa's software GL), and the GPU advice that follows from them."""
+    from blender_worker.devices import BACKENDS
+    from blendtorch_ray.doctor import gpu_driver
+
+    env = {k: v for k, v in os.environ.items() if k != "BLENDTORCH_BLENDER"}
+    proc = subprocess.run([*CLI, "--engines", "workbench"], capture_output=True, text=True, timeout=600,
+                          cwd=REPO, env=env)
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    section = out.split("\nRender devices:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    sources = ["bpy wheel"] + (["PATH"] if shutil.which("blender") else [])
+    for source in sources:
+        (cycles,) = [ln for ln in section if ln.startswith(f"  {source} (Blender ") and "Cycles compute devices:" in ln]
+        listed = re.findall(r"([A-Z]+): (no device|not in this build|[^;]+)", cycles.split("Cycles compute devices: ")[1])
+        assert [b for b, _ in listed] == list(BACKENDS), cycles
+        (gl,) = [ln for ln in section if ln.startswith(f"  {source} (Blender ") and "GL renderer:" in ln]
+        assert re.search(r"GL renderer: \S.+ \(.+, .+\)$", gl), gl
+        if gpu_driver() is None:  # these machines: no GPU, software GL, said as such
+            assert all(state in ("no device", "not in this build") for _, state in listed), cycles
+            assert "llvmpipe" in gl and "software, CPU" in gl
+    if shutil.which("blender"):  # Debian's 3.4 is built without OptiX
+        assert "PATH (Blender 3.4" in out and "OPTIX: not in this build" in out
+    if gpu_driver() is None:
+        assert "\nGPU:\n" in out and "no GPU driver on this machine" in out
+        assert "Nothing to fix." in out  # no GPU is not a fault of this machine's set-up
