@@ -115,6 +115,9 @@ class LaunchArgs:
     """Message codec for published items (see ``blender_worker.codec``)."""
     slots: Optional[tuple[str, int, int]] = None
     """Shared-memory slot file for large items: ``(path, slots, slot_bytes)`` (see ``blender_worker.slots``)."""
+    encode: dict = field(default_factory=dict)
+    """Item key -> codec spec that ``DataPublisher`` compresses (see ``blender_worker.compress``).
+    Flag ``--btencode image=jpeg:90,depth=zstd``."""
     remainder: list[str] = field(default_factory=list)
     """Instance arguments for the user's script (everything the launcher did not consume)."""
 
@@ -137,6 +140,8 @@ class LaunchArgs:
             argv += ["--btack", self.ack_path]
         if self.slots:
             argv += ["--btslots", ",".join(str(x) for x in self.slots)]
+        if self.encode:
+            argv += ["--btencode", ",".join(f"{k}={v}" for k, v in self.encode.items())]
         return argv
 
 
@@ -157,6 +162,17 @@ def _parse_slots(value: Optional[str]) -> Optional[tuple[str, int, int]]:
         return None
     path, slots, slot_bytes = value.rsplit(",", 2)
     return path, int(slots), int(slot_bytes)
+
+
+def _parse_encode(value: Optional[str]) -> dict:
+    """``"image=jpeg:90,depth=zstd"`` -> ``{"image": "jpeg:90", "depth": "zstd"}``."""
+    if not value:
+        return {}
+    pairs = [part.partition("=") for part in value.split(",")]
+    bad = [k for k, sep, v in pairs if not sep or not k or not v]
+    if bad:
+        raise ValueError(f"--btencode {value!r}: every part must be KEY=CODEC")
+    return {k: v for k, _, v in pairs}
 
 
 def parse_launch_args(argv: Optional[Sequence[str]] = None) -> tuple[LaunchArgs, list[str]]:
@@ -186,6 +202,7 @@ def parse_launch_args(argv: Optional[Sequence[str]] = None) -> tuple[LaunchArgs,
     parser.add_argument("-btcodec", "--btcodec", default="pickle")
     parser.add_argument("-btack", "--btack", default=None)
     parser.add_argument("-btslots", "--btslots", default=None, help="PATH,SLOTS,SLOT_BYTES")
+    parser.add_argument("-btencode", "--btencode", default=None, help="KEY=CODEC,...")
     args, remainder = parser.parse_known_args(_script_argv(argv))
     launch = LaunchArgs(
         btid=args.btid,
@@ -197,6 +214,7 @@ def parse_launch_args(argv: Optional[Sequence[str]] = None) -> tuple[LaunchArgs,
         codec=args.btcodec,
         ack_path=args.btack,
         slots=_parse_slots(args.btslots),
+        encode=_parse_encode(args.btencode),
         remainder=list(remainder),
     )
     if launch.parent_pid:

@@ -57,6 +57,12 @@ class DataPublisher:
         self.generation = 0
         """Tagged on every item; a DuplexChannel sets it to the last received message's generation."""
         self._codec = launch.codec
+        self._encoder = None
+        if launch.encode:
+            from blender_worker.compress import Encoder
+
+            # Checked before the readiness handshake: a bad codec fails the launch.
+            self._encoder = Encoder(launch.encode)
         # An own context, terminated in close(): term() waits (up to linger) until queued
         # messages are sent. A Blender binary exits right after the script, and pending
         # messages of an unterminated context would be dropped with the process.
@@ -106,6 +112,8 @@ class DataPublisher:
         item = dict(items)
         item.update(btid=self.btid, seq=self.seq, seed=self.launch.seed, epoch=self.launch.epoch,
                     generation=self.generation)
+        if self._encoder is not None:
+            item = self._encoder.encode_item(item)  # StreamConfig.encode (blender_worker.compress)
         frames = codec.encode(item, codec=self._codec)
         if self._slots is not None and self._slots.fits(frames[2:]):
             slot, sizes = self._slots.write(frames[2:])  # waits while the actor holds the slot

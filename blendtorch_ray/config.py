@@ -161,6 +161,14 @@ class StreamConfig:
     """Messages larger than this (the bytes that cross the socket; arrays in shared-memory
     slots do not count) are dropped by the actor, counted in ``health().dropped_messages``
     and warned about; the stream goes on with the next item."""
+    encode: dict = field(default_factory=dict)
+    """Compress arrays in Blender before they leave it, per item key: ``{key: codec}``, e.g.
+    ``{"image": "jpeg:90", "depth": "zstd"}``. Codecs: lossless ``"lz4"``, ``"zstd[:level]"``,
+    ``"png[:level]"``; lossy ``"jpeg[:quality]"`` (uint8 images only; an RGBA image must have
+    alpha 255 everywhere). Decoded per item in the consumer (the DataLoader workers when
+    ``num_workers > 0``; ``dataset(decode=False)`` keeps them encoded). Empty (default): no
+    compression, which is fastest on one node. Needs ``pip install 'blendtorch-ray[compress]'``;
+    see blender_worker/compress.py."""
 
     def __post_init__(self) -> None:
         own = "StreamConfig"
@@ -172,6 +180,9 @@ class StreamConfig:
         v.positive("item_slot_mb", self.item_slot_mb, owner=own, unit="MiB", example=16)
         v.positive("ring_slot_mb", self.ring_slot_mb, owner=own, unit="MiB", example=32)
         v.positive("max_message_mb", self.max_message_mb, owner=own, unit="MiB", example=1024)
+        from blender_worker.compress import check_encode
+
+        self.encode = check_encode(self.encode, owner=f"{own}.encode")
 
     @property
     def slots_per_instance(self) -> int:

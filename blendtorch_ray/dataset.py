@@ -107,6 +107,11 @@ class RemoteIterableDataset(IterableDataset):
             node was lost.
         shared_memory_ring: Read instances on this node through a shared-memory ring
             instead of the object store.
+        decode: Decode the values Blender compressed (``StreamConfig.encode``), item by
+            item, before ``record_to`` and ``item_transform``, in the process that iterates
+            (the DataLoader worker). False: yield them encoded (a 1-D uint8 array per key
+            and a ``blender_worker.compress.MARKER`` entry; decode later with
+            ``blender_worker.compress.decode_item``).
 
     Raises:
         ValueError: A count or time is out of range, or a ``btid`` is not in the group.
@@ -132,6 +137,7 @@ class RemoteIterableDataset(IterableDataset):
         record_to: Optional[str] = None,
         reconnect_timeout: float = 120.0,
         shared_memory_ring: bool = False,
+        decode: bool = True,
     ) -> None:
         super().__init__()
         from blendtorch_ray import validation
@@ -158,6 +164,7 @@ class RemoteIterableDataset(IterableDataset):
         self.record_to = record_to
         self.reconnect_timeout = reconnect_timeout
         self.shared_memory_ring = shared_memory_ring
+        self.decode = decode
         self._address = gcs_address() if ray.is_initialized() else None
         self._creator_pid = os.getpid()
 
@@ -198,6 +205,9 @@ class RemoteIterableDataset(IterableDataset):
         ray.wait(list(gens), num_returns=len(gens), timeout=min(self.timeout, FAIR_START_S))
         rings: dict = {}
         remaining = budget
+        decode_item = None
+        if self.decode:
+            from blender_worker.compress import MARKER, decode_item
         recorder = None
         if self.record_to:
             from blendtorch_ray.recording import Recorder
@@ -233,6 +243,8 @@ class RemoteIterableDataset(IterableDataset):
                     gens[self._reconnect(actors[b], b, exc)] = b
                     continue
                 for item in batch:
+                    if decode_item is not None and MARKER in item:
+                        item = decode_item(item)
                     if recorder is not None:
                         recorder.write(item)
                     yield self.item_transform(item) if self.item_transform else item

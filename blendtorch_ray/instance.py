@@ -42,6 +42,7 @@ def blender_args(config: LaunchConfig, btid: int, epoch: int, data_address: str,
         codec=config.stream.codec,
         ack_path=ack_path,
         slots=(slots.path, slots.slots, slots.slot_bytes) if slots else None,
+        encode=config.stream.encode,
     ).to_argv() + config.args_for(btid)
 
 
