@@ -56,6 +56,8 @@ CLOSE_TIMEOUT_S = 15.0
 """How long ``close()`` waits for the actors to end their Blenders before killing them."""
 MIN_LOCAL_CPUS = 0.25
 """Smallest default CPU share per instance in local mode (4 Blenders per core)."""
+REPR_HEALTH_TIMEOUT_S = 5.0
+"""How long ``repr(launcher)`` (a notebook's display of it) waits for the instances' health."""
 
 
 def default_num_cpus(num_instances: int) -> float:
@@ -401,3 +403,70 @@ class BlenderLauncher:
             One pid per instance, in ``btid`` order.
         """
         return ray.get([a.pid.remote() for a in self.actors])
+
+    # -- notebooks ----------------------------------------------------------------------
+    def show(self, n: int = 16, key: str = "image", columns: int = 8, timeout: float = 60.0, **options: Any):
+        """Read ``n`` fresh items from the group and return their contact sheet.
+
+        Starts the group if needed. In a notebook, the returned image is displayed inline
+        when it is the last value of a cell.
+
+        Args:
+            n: Items to read (from a new `dataset`, so they do not come from another reader).
+            key: The item key that holds the image.
+            columns: Images per row.
+            timeout: Seconds without any item before `StreamTimeout` is raised.
+            **options: Further `blendtorch_ray.preview.show` arguments (``thumb_width``).
+
+        Returns:
+            A ``PIL.Image.Image`` (see `blendtorch_ray.preview.show`).
+
+        Example:
+            In a notebook cell::
+
+                bl = BlenderLauncher(script=CUBE, num_instances=2).start()
+                bl.show(8, columns=4)
+        """
+        from blendtorch_ray.preview import show
+
+        return show(self.dataset(max_items=n, timeout=timeout), key=key, columns=columns, max_items=n, **options)
+
+    def _health_for_display(self) -> tuple[Optional[list[InstanceHealth]], str]:
+        """Health for ``repr``: (rows, "") or (None, why not), never raising or hanging long."""
+        if not self.actors:
+            return None, "not started" if not self._started else "no instances"
+        try:
+            return ray.get([a.health.remote() for a in self.actors], timeout=REPR_HEALTH_TIMEOUT_S), ""
+        except Exception as exc:  # a repr must not raise: show why there is no health instead
+            return None, f"health unavailable: {type(exc).__name__}: {exc}".splitlines()[0]
+
+    def _summary(self) -> str:
+        state = "started" if self._started else "not started"
+        owner = "" if self._owner else ", attached"
+        count = self.num_instances or (self.config.num_instances if self.config else 0)
+        return f"BlenderLauncher(name={self.name!r}, instances={count}, {state}{owner})"
+
+    def __repr__(self) -> str:
+        from blendtorch_ray.health import health_table
+
+        rows, why = self._health_for_display()
+        return self._summary() + "\n" + (health_table(rows) if rows is not None else f"  ({why})")
+
+    def _repr_html_(self) -> str:
+        """Jupyter's rich display: the group's name and a health table, one row per instance."""
+        from html import escape
+
+        rows, why = self._health_for_display()
+        head = f"<p><code>{escape(self._summary())}</code></p>"
+        if rows is None:
+            return head + f"<p><i>{escape(why)}</i></p>"
+        cols = ("btid", "alive", "pid", "node", "items", "fps", "restarts", "queue", "rss MiB", "last error")
+        body = "".join(
+            "<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in (
+                h.btid, h.alive, h.pid or "-", (h.node_id or "")[:8], h.items, f"{h.fps:.1f}", h.restarts,
+                h.queue_depth, f"{h.rss_bytes / 2**20:.0f}", h.last_error or "",
+            )) + "</tr>"
+            for h in rows
+        )
+        header = "".join(f"<th>{c}</th>" for c in cols)
+        return head + f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>"
