@@ -167,7 +167,8 @@ class Renderer:
             color: "srgb8": display colours as uint8 (the scene's view transform applied);
                 "linear": scene-linear float32.
             passes: None, or pass names from `blender_worker.passes.PASSES` ("rgba",
-                "depth", "instance", "semantic", "normal"; a single name works too).
+                "depth", "instance", "semantic", "normal", "flow_forward", "flow_backward"; a
+                single name works too).
 
         Returns:
             Without ``passes``: ``{"image": (H, W, 4) array}``. With ``passes``: one array
@@ -176,7 +177,7 @@ class Renderer:
 
         Raises:
             ValueError: ``color`` is unknown, or a pass is unknown or not supported by the
-                scene's render engine.
+                scene's render engine, or flow is asked for with motion blur on.
         """
         if color not in ("srgb8", "linear"):
             raise ValueError(f"unknown color {color!r}: use 'srgb8' or 'linear'")
@@ -207,6 +208,8 @@ class Renderer:
         P = _passes()
         engine = self.scene.render.engine
         names = P.check_passes(names, engine)
+        if set(P.FLOW_PASSES) & set(names):
+            P.check_flow_settings(self.scene)
         want_ids = bool({"instance", "semantic"} & set(names))
         if want_ids and self.settings.auto_instance_ids:
             P.assign_instance_ids(self.scene)
@@ -228,7 +231,8 @@ class Renderer:
             out["depth"] = np.where(depth >= clip_end * (1.0 - 1e-5), np.inf, depth).astype(np.float32)
         if want_ids:
             if engine == "CYCLES":
-                ids = np.rint(layers["Object Index"]).astype(np.int32)
+                index = layers["Object Index"] if "Object Index" in layers else layers["IndexOB"]  # 3.x name
+                ids = np.rint(index).astype(np.int32)
             else:
                 ids = P.IdRender(self.scene).render(os.path.join(self._dir, "ids.exr"))
             if "instance" in names:
@@ -238,6 +242,8 @@ class Renderer:
                 out["semantic"] = lut[np.clip(ids, 0, len(lut) - 1)]
         if "normal" in names:
             out["normal"] = layers["Normal"].astype(np.float32)
+        if set(P.FLOW_PASSES) & set(names):
+            out["flow_forward"], out["flow_backward"] = P.vector_to_flow(layers["Vector"])
         return {k: out[k] for k in names}
 
     def _display_srgb8(self, exr_path: str) -> np.ndarray:
