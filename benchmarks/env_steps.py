@@ -90,12 +90,13 @@ class Floor:
     def __init__(self, blender: str, tmp: str) -> None:
         self.sock = zmq.Context.instance().socket(zmq.REQ)
         self.sock.setsockopt(zmq.LINGER, 0)
-        address = f"ipc://{tmp}/floor-{blender}.sock"
+        tag = "".join(c if c.isalnum() else "_" for c in blender)
+        address = f"ipc://{tmp}/floor-{tag}.sock"
         self.sock.bind(address)
         script = os.path.join(tmp, "floor.py")
         with open(script, "w") as f:
             f.write(_FLOOR)
-        self.proc = BlenderProcess(find_blender(blender), script, None, [address], os.path.join(tmp, f"floor-{blender}.log"))
+        self.proc = BlenderProcess(find_blender(blender), script, None, [address], os.path.join(tmp, f"floor-{tag}.log"))
         self.sock.setsockopt(zmq.RCVTIMEO, 120_000)
         self.sock.send(b"go")
         self.sock.recv()

@@ -211,9 +211,17 @@ class BaseEnv(Generic[ObsType, ActType]):
                 self._renderer.close()
 
     def _serve_stepped(self, sock: "zmq.Socket") -> None:
+        step, handle = EnvCommand.STEP, self._handle
         while True:
             request = _recv(sock)
-            reply, done = self._handle(request)
+            if request.get("cmd") == step and not self._episode_over:  # the hot path, as _handle would
+                try:
+                    reply = self._last = self.step(request.get("action"))
+                except Exception:  # noqa: BLE001 - reported to the driver, which raises it
+                    reply = self._last = _error_reply()
+                _send(sock, reply)
+                continue
+            reply, done = handle(request)
             _send(sock, reply)
             if done:
                 return
@@ -283,9 +291,14 @@ class BaseEnv(Generic[ObsType, ActType]):
         try:
             return fn()
         except Exception:  # noqa: BLE001 - reported to the driver, which raises it
-            text = traceback.format_exc()
-            print(text, flush=True)
-            return {"error": text}
+            return _error_reply()
+
+
+def _error_reply() -> dict:
+    """The reply for the exception being handled: its traceback, printed to the log too."""
+    text = traceback.format_exc()
+    print(text, flush=True)
+    return {"error": text}
 
 
 def _recv(sock: "zmq.Socket") -> dict:

@@ -7,10 +7,12 @@ channel (items, duplex, env), so framing is spelled once. Imports only pyzmq and
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 from typing import Any, Optional
 
+import numpy as np
 import zmq
 
 from blender_worker import codec
@@ -108,11 +110,38 @@ def send_compact(sock: "zmq.Socket", obj: Any, *, kind: str = KIND_ITEM, flags: 
         kind: The header's message kind, used only by the fallback.
         flags: ZeroMQ send flags (e.g. ``zmq.NOBLOCK``).
     """
-    body = pickle.dumps(obj, protocol=5)
+    out = io.BytesIO()
+    try:
+        _CompactPickler(out, protocol=5).dump(obj)
+    except _TooBig:
+        send(sock, obj, kind=kind, flags=flags)
+        return
+    body = out.getbuffer()
     if len(body) > COMPACT_MAX_BYTES:
         send(sock, obj, kind=kind, flags=flags)
     else:
         sock.send(body, flags)
+
+
+class _TooBig(Exception):
+    """An array too large for a one-frame message (``send_compact`` falls back to ``send``)."""
+
+
+def _array(data: bytearray, dtype: str, shape: tuple) -> np.ndarray:
+    """Unpickle an array pickled by ``_CompactPickler`` (writable: ``data`` is a bytearray)."""
+    return np.frombuffer(data, dtype).reshape(shape)
+
+
+class _CompactPickler(pickle.Pickler):
+    """Pickles plain numpy arrays as ``(bytes, dtype, shape)``: half the time and bytes of
+    numpy's own reduce for the small observations of an env step."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is np.ndarray and obj.dtype.fields is None and not obj.dtype.hasobject:
+            if obj.nbytes > COMPACT_MAX_BYTES:
+                raise _TooBig
+            return _array, (bytearray(obj.tobytes()), obj.dtype.str, obj.shape)
+        return NotImplemented
 
 
 def recv_compact(sock: "zmq.Socket", flags: int = 0) -> Any:
@@ -130,7 +159,7 @@ def recv_compact(sock: "zmq.Socket", flags: int = 0) -> Any:
         zmq.Again: With ``zmq.NOBLOCK`` (or a receive timeout), when nothing is queued.
     """
     first = sock.recv(flags)
-    if not sock.rcvmore:
+    if not sock.getsockopt(zmq.RCVMORE):  # (the .rcvmore property costs 3x more)
         try:
             return pickle.loads(first)
         except Exception as exc:  # noqa: BLE001
