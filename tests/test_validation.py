@@ -21,6 +21,14 @@ from blendtorch_ray.ray_data import ReadOptions
 NAN, INF = float("nan"), float("inf")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_ray_running():
+    """These tests check that nothing starts Ray: begin without one (an earlier test module of
+    the session may have left its Ray running; the next test that needs Ray starts it again)."""
+    ray.shutdown()
+    yield
+
+
 @pytest.fixture
 def script(tmp_path):
     path = tmp_path / "scene.py"
