@@ -404,3 +404,42 @@ class Camera:
         """
         kp = self.keypoints(self.object_vertices(obj))
         return float(np.mean(kp[:, 2] == 2)) if len(kp) else 0.0
+
+    def object_poses(self, objects: Sequence["bpy.types.Object"], category_property: str = "category_id") -> dict[str, np.ndarray]:
+        """Model-to-camera poses of objects in OpenCV axes (BOP's ``cam_R_m2c`` / ``cam_t_m2c``).
+
+        ``x_cam = R @ x_model + t`` maps a point of the object's mesh (its local coordinates)
+        into OpenCV camera coordinates (x right, y down, z forward), so with ``K`` it projects
+        to pixels as ``world_to_pixel(...) - 0.5``. The object's scale is left out (R is a
+        rotation): export BOP models with the scale applied. Publish the result with the
+        item (``pub.publish(**out, **cam.object_poses(objs), K=cam.K)``) for
+        `blendtorch_ray.bop.export_bop`.
+
+        Args:
+            objects: The objects.
+            category_property: Custom property naming an object's model / class (see
+                ``passes.category_of``): BOP's ``obj_id``.
+
+        Returns:
+            ``pose_ids`` (N,) int32 instance ids (``pass_index``, as in the 'instance' pass),
+            ``pose_obj_ids`` (N,) int32 BOP object ids (the object's category, else its
+            instance id), ``cam_R_m2c`` (N, 3, 3) and ``cam_t_m2c`` (N, 3) in scene units.
+        """
+        from blender_worker.passes import category_of
+
+        self.update_view_matrix()
+        w2c = self.extrinsics_opencv()
+        Rs, ts, ids, obj_ids = [], [], [], []
+        for obj in objects:
+            m = np.asarray(obj.matrix_world.normalized())  # rotation and translation, no scale
+            m2c = w2c @ m
+            Rs.append(m2c[:3, :3])
+            ts.append(m2c[:3, 3])
+            ids.append(obj.pass_index)
+            obj_ids.append(category_of(obj, category_property) or obj.pass_index)
+        return {
+            "pose_ids": np.array(ids, dtype=np.int32),
+            "pose_obj_ids": np.array(obj_ids, dtype=np.int32),
+            "cam_R_m2c": np.array(Rs, dtype=np.float64).reshape(-1, 3, 3),
+            "cam_t_m2c": np.array(ts, dtype=np.float64).reshape(-1, 3),
+        }

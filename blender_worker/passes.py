@@ -435,3 +435,41 @@ class IdRender:
             for k, v in saved_scene.items():
                 setattr(fmt, k, v)
         return decode_ids(read_exr(path)["RGBA"])
+
+
+def amodal_masks(objects: Sequence["bpy.types.Object"], path: str, scene: Optional["bpy.types.Scene"] = None) -> np.ndarray:
+    """Full silhouettes of objects, occlusion ignored (BOP's ``mask``; the 'instance' pass is
+    the visible part, BOP's ``mask_visib``).
+
+    One flat Workbench id render (`IdRender`) per object with every other object hidden
+    (``hide_render`` restored afterwards); pixel-centre rule, no anti-aliasing.
+
+    Args:
+        objects: The objects, e.g. in the order of ``Camera.object_poses``.
+        path: OpenEXR scratch file (overwritten).
+        scene: The scene; None: the current scene.
+
+    Returns:
+        (N, H, W) bool.
+
+    Raises:
+        ValueError: An object has no instance id (``pass_index`` 0).
+    """
+    import bpy
+
+    sc = scene or bpy.context.scene
+    others = renderable_objects(sc)
+    saved = {o.name: o.hide_render for o in others}
+    out = []
+    try:
+        for obj in objects:
+            if not obj.pass_index:
+                raise ValueError(f"object {obj.name!r} has pass_index 0: give it an id (assign_instance_ids)")
+            for o in others:
+                o.hide_render = o.name != obj.name
+            obj.hide_render = False
+            out.append(IdRender(sc).render(path) == obj.pass_index)
+    finally:
+        for o in others:
+            o.hide_render = saved[o.name]
+    return np.array(out, dtype=bool)

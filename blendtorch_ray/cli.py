@@ -188,6 +188,32 @@ def cmd_coco(args: argparse.Namespace) -> int:
 COMMANDS.append(add_coco)
 
 
+def add_bop(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bop", help="convert a recording with object poses to a BOP scene (blendtorch_ray.bop)")
+    p.add_argument("recording", help="recording directory, glob or shard files (from 'record')")
+    p.add_argument("-o", "--out", required=True, help="split directory; the scene goes to OUT/<scene-id:06d>/")
+    p.add_argument("--scene-id", type=int, default=0)
+    p.add_argument("--scene-unit-mm", type=float, default=1000.0, help="mm per scene unit (default: metres)")
+    p.add_argument("--depth-scale", type=float, default=0.1, help="mm per depth-image unit")
+    p.set_defaults(func=cmd_bop)
+
+
+def cmd_bop(args: argparse.Namespace) -> int:
+    from blendtorch_ray.bop import BopOptions, export_bop
+    from blendtorch_ray.recording import ReplayDataset
+
+    replay = ReplayDataset(args.recording)
+    try:
+        root = export_bop(replay, args.out, BopOptions(args.scene_id, args.scene_unit_mm, args.depth_scale))
+    except (KeyError, ValueError) as exc:
+        raise SystemExit(f"bop: {exc.args[0] if exc.args else exc}")
+    print(f"wrote BOP scene {root} ({len(replay)} images)")
+    return 0
+
+
+COMMANDS.append(add_bop)
+
+
 def add_doctor(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="list every Blender found, its version, which engines render headless, what to fix")
     p.add_argument("--engines", default="workbench,eevee,cycles",
