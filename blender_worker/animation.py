@@ -11,6 +11,10 @@ Signals, in the order they fire::
 
 Each episode rewinds to the first frame of ``frame_range``, which also resets rigid-body
 physics; frames then advance one by one so that physics steps exactly as in Blender.
+
+In a UI instance (``ui=True``: Blender with its window) ``play`` returns at once and
+Blender's event loop runs the same frames, one per timer tick (`blender_worker.interactive`):
+the viewport redraws and the user can edit the scene between two frames.
 """
 
 from __future__ import annotations
@@ -53,6 +57,11 @@ class AnimationController:
         self.episode = 0
         self.frameid = self.scene.frame_current
         self._stop = False
+        self.paused = False
+        """UI instances: True while `pause` holds the animation."""
+        self.ui_interval = 0.0
+        """UI instances: seconds between two frames' timer ticks (0: as fast as the window
+        allows; ``1 / scene.render.fps`` plays at the scene's frame rate)."""
 
     @property
     def frame_range(self) -> tuple[int, int]:
@@ -94,6 +103,29 @@ class AnimationController:
             cache.frame_start, cache.frame_end = start, end
         self._stop = False
         self.episode = 0
+        frames = self._frames(start, end, num_episodes)
+        if not bpy.app.background:
+            # A UI instance: Blender's event loop runs the frames (one per timer tick), so the
+            # window stays live; play() returns at once (see blender_worker.interactive).
+            from blender_worker.interactive import drive
+
+            drive(self, frames)
+            return
+        for _ in frames:
+            pass
+
+    def pause(self) -> None:
+        """UI instances: stop advancing frames after the current one until `resume` (the
+        window stays live). Background instances ignore it."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """UI instances: advance frames again after `pause`."""
+        self.paused = False
+
+    def _frames(self, start: int, end: int, num_episodes: int):
+        """The frame loop; yields after every frame (``post_frame``) so that a UI instance's
+        timer can run one frame per tick."""
         self.pre_play.invoke()
         while not self._stop and (num_episodes < 0 or self.episode < num_episodes):
             self.frameid = start
@@ -109,6 +141,7 @@ class AnimationController:
                 # Re-evaluate after pre_frame so its scene changes show up in this frame.
                 self.scene.frame_set(frame)
                 self.post_frame.invoke()
+                yield frame
                 if self._stop:
                     break
             self.post_animation.invoke()

@@ -6,6 +6,7 @@ import atexit
 import os
 import sys
 import time
+import weakref
 from typing import Any, Optional
 
 import zmq
@@ -15,6 +16,18 @@ from blender_worker.protocol import KIND_END, KIND_INFO, KIND_READY, LaunchArgs,
 
 ACK_POLL_S = 0.02
 """Seconds between two looks for the actor's acknowledgement file when the publisher closes."""
+
+_OPEN: "weakref.WeakSet[DataPublisher]" = weakref.WeakSet()
+"""Open publishers of this process (for `can_publish`)."""
+
+
+def can_publish() -> bool:
+    """True if every open publisher of this process can take an item without waiting.
+
+    UI instances ask this before running a frame (`blender_worker.interactive`), so that
+    backpressure pauses the animation instead of freezing Blender's window.
+    """
+    return all(p.writable() for p in list(_OPEN))
 
 
 class DataPublisher:
@@ -92,6 +105,14 @@ class DataPublisher:
             copy=False,
         )
         atexit.register(self.close)
+        _OPEN.add(self)
+
+    def writable(self) -> bool:
+        """True if ``publish`` of one item would not wait now (a place in the send queue and,
+        with shared-memory slots, a free slot); False once closed."""
+        if self._closed or not self._sock.poll(0, zmq.POLLOUT):
+            return False
+        return self._slots is None or self._slots.has_free_slot()
 
     def publish(self, **items: Any) -> None:
         """Publish one item. Arrays are sent zero-copy; other values are pickled.
@@ -131,6 +152,7 @@ class DataPublisher:
         if self._closed:
             return
         self._closed = True
+        _OPEN.discard(self)
         self._send_info()
         # End marker: tells the actor that every item of this epoch has been sent.
         self._sock.send_multipart(

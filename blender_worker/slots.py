@@ -89,6 +89,10 @@ class SlotFile:
         self._next = (slot + 1) % self.slots
         return slot, sizes
 
+    def has_free_slot(self) -> bool:
+        """True if `write` would find a free slot without waiting."""
+        return any(self._states[k][0] == 0 for k in range(self.slots))
+
     def _free_slot(self) -> int:
         pause, longest = FREE_SLOT_POLL_S
         while True:

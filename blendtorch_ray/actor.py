@@ -71,7 +71,7 @@ class BlenderActor:
         # A recreated actor (node lost, actor process died) starts a fresh epoch so that its
         # Blender never repeats the seeds of items already delivered.
         epoch = int(time.time()) if reconstructed else 0
-        self.sup = Supervisor(config, btid, find_blender(config.blender), _gpu_environment(config), prestarted, epoch)
+        self.sup = Supervisor(config, btid, find_blender(config.blender, ui=config.ui), _gpu_environment(config), prestarted, epoch)
         self._closed = False
         self._stop_metrics = threading.Event()
         node = ray.get_runtime_context().get_node_id()

@@ -5,7 +5,8 @@ Two kinds are supported:
 * ``"bpy"``: the ``bpy`` wheel (Blender as a Python module) in a Python interpreter,
   by default this interpreter. Scripts run through ``python -m blender_worker.bootstrap``.
 * ``"binary"``: a ``blender`` executable (e.g. Debian's package or a download from
-  blender.org), run as ``blender --background [scene] --python script -- args``.
+  blender.org), run as ``blender --background [scene] --python script -- args``; with
+  ``ui=True`` without ``--background``, so that Blender opens its window.
 
 Resolution order: the ``blender`` argument, then ``$BLENDTORCH_BLENDER``, then the bpy
 wheel in this interpreter. ``"bpy"`` / ``"binary"`` / a path / ``"blender"`` (look it up
@@ -40,6 +41,8 @@ class BlenderExecutable:
 
     kind: str
     path: str
+    ui: bool = False
+    """A binary started with its window (no ``--background``; ``BlenderSpec.ui``)."""
 
     def command(self, script: str, scene: Optional[str], script_args: Sequence[str]) -> list[str]:
         """The argv that runs ``script`` (optionally in ``scene``) with ``script_args``."""
@@ -48,9 +51,11 @@ class BlenderExecutable:
             if scene:
                 cmd += ["--blend", scene]
             return cmd + [script, "--", *script_args]
-        cmd = [self.path, "--background", "--factory-startup", "-noaudio"]
+        cmd = [self.path, *([] if self.ui else ["--background"]), "--factory-startup", "-noaudio"]
         if scene:
             cmd.append(scene)
+        if self.ui:  # no splash screen over the viewport (factory settings would show it)
+            cmd += ["--python-expr", "import bpy; bpy.context.preferences.view.show_splash = False"]
         return cmd + ["--python-exit-code", "1", "--python", script, "--", *script_args]
 
     def environment(self, base: Optional[dict] = None) -> dict:
@@ -129,9 +134,17 @@ def check_binary(path: str) -> tuple[int, int, int]:
     return version
 
 
-def find_blender(blender: Optional[str] = None) -> BlenderExecutable:
+def find_blender(blender: Optional[str] = None, ui: bool = False) -> BlenderExecutable:
     """Resolve which Blender to use; raise BlenderNotFoundError with the fix if none
-    (BlenderVersionError if a binary is too old or its Python does not match)."""
+    (BlenderVersionError if a binary is too old or its Python does not match). ``ui``: a
+    binary started with its window (``BlenderSpec.ui``; ValueError for the bpy wheel)."""
+    if ui:
+        import dataclasses
+
+        from blendtorch_ray.config import check_ui
+
+        check_ui(blender, display=False)  # the display: checked in the driver (BlenderSpec)
+        return dataclasses.replace(find_blender(blender), ui=True)
     choice = blender or os.environ.get(ENV_VAR) or "bpy"
     if choice == "bpy":
         if importlib.util.find_spec("bpy") is None:

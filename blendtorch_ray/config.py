@@ -50,8 +50,20 @@ class BlenderSpec:
     """Extra environment variables for Blender."""
     log_dir: Optional[str] = None
     """Where Blender logs go (default: a private temp dir of the supervising process)."""
+    ui: bool = False
+    """Interactive mode: start Blender with its window (not ``--background``); the script's
+    animation runs from Blender's event loop so that the user can watch and edit the scene
+    (see blender_worker/interactive.py). Needs a Blender binary (``blender=``; the bpy wheel
+    has no UI) and an X display (``$DISPLAY``, or ``env={"DISPLAY": ...}``)."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.ui, bool):
+            raise TypeError(f"ui={self.ui!r}: must be True or False")
+        if self.ui:
+            check_ui(self.blender, self.env)
+            # The driver's display travels with the config: Ray's workers (and so Blender) may
+            # have been started before $DISPLAY was set, or on another node.
+            self.env = {**{k: os.environ[k] for k in _DISPLAY_VARS if os.environ.get(k)}, **self.env}
         self.script = os.path.abspath(self.script)
         if not os.path.isfile(self.script):
             raise FileNotFoundError(f"Blender script not found: {self.script}; pass the path of a .py file")
@@ -59,6 +71,42 @@ class BlenderSpec:
             self.scene = os.path.abspath(self.scene)
             if not os.path.isfile(self.scene):
                 raise FileNotFoundError(f"scene file not found: {self.scene}; pass the path of a .blend file")
+
+
+_DISPLAY_VARS = ("DISPLAY", "XAUTHORITY", "WAYLAND_DISPLAY")
+"""Variables a UI instance needs to open its window, copied from the driver into ``env``."""
+
+
+def check_ui(blender: Optional[str], env: Optional[dict] = None, display: bool = True) -> None:
+    """Raise ValueError (saying how to fix it) if a UI instance cannot start: the Blender is the
+    bpy wheel, or there is no display to open its window on.
+
+    Args:
+        blender: ``BlenderSpec.blender``.
+        env: ``BlenderSpec.env`` (a ``DISPLAY`` there counts).
+        display: Also check that there is a display.
+    """
+    from blendtorch_ray.blender import ENV_VAR
+
+    choice = blender or os.environ.get(ENV_VAR) or "bpy"
+    if choice == "bpy":
+        raise ValueError(
+            "ui=True needs a Blender binary: the bpy wheel (Blender as a Python module) has no "
+            "window. Pass blender= the path of a blender executable (e.g. blender='blender' "
+            f"for the one on PATH, Debian: `apt-get install blender`) or set ${ENV_VAR}"
+        )
+    if not display:
+        return
+    env = env or {}
+    display = env.get("DISPLAY") or os.environ.get("DISPLAY") or env.get("WAYLAND_DISPLAY") \
+        or os.environ.get("WAYLAND_DISPLAY")
+    if not display:
+        raise ValueError(
+            "ui=True needs a display for Blender's window, but $DISPLAY is not set. On a desktop, "
+            "run from its terminal; over SSH, use X forwarding (`ssh -X`) or a VNC session; "
+            "without a screen, start a virtual X server (`Xvfb :99 &` then DISPLAY=:99, Debian: "
+            "`apt-get install xvfb`) or pass env={'DISPLAY': ':99'}"
+        )
 
 
 @dataclass

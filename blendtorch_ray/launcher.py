@@ -153,7 +153,7 @@ class BlenderLauncher:
         if self._started:
             return self
         cfg = self.config
-        blender = find_blender(cfg.blender)  # fail fast, in the driver, with the fix in the message
+        blender = find_blender(cfg.blender, ui=cfg.ui)  # fail fast, in the driver, with the fix in the message
         prestarted: dict = {}
         if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS") and can_prestart(cfg):
             # Local mode, Ray not up yet: Blender boots while Ray starts; actors adopt it.

@@ -49,8 +49,8 @@ def main() -> None:
 
     anim.pre_frame.add(pre_frame)
     anim.post_frame.add(post_frame)
+    anim.post_play.add(pub.close)  # after the last frame (in a UI instance play() returns at once)
     anim.play(frame_range=(1, 100), num_episodes=-1, use_physics=False)
-    pub.close()
 
 
 def _baseline(renderer, cam, cube, rng, frames: int) -> None:

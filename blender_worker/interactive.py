@@ -1,0 +1,113 @@
+"""UI instances: run a script's frames from Blender's event loop, so that its window stays live.
+
+A UI instance (``LaunchConfig(ui=True)`` / ``EnvConfig(ui=True)``) is a Blender binary started
+without ``--background``: Blender opens its window, runs the script at start-up
+(``--python``) and then runs its event loop until the window is closed. A script cannot loop
+over frames itself there (the window would freeze), so `AnimationController.play` hands its
+frame loop to `drive`, which runs one frame per ``bpy.app.timers`` tick. Between two ticks
+Blender redraws the viewport and handles the user's input: objects the user moves, selects or
+edits are in the scene the next frame renders and publishes.
+
+Backpressure: a background instance blocks in ``DataPublisher.publish`` while the consumer is
+behind. In a UI instance that would freeze the window for as long as the consumer does not
+read, so `drive` asks every open publisher first (`blender_worker.publisher.can_publish`) and
+skips the tick while one of them is full: the animation waits, the window stays live, nothing
+is dropped. (A frame that publishes several items may still wait inside ``publish`` for the
+second one, for as long as the consumer takes to free one place.)
+
+Errors: an exception in a frame (a signal handler, a render) prints its traceback and ends
+Blender with exit code 1, as ``--python-exit-code 1`` does for the start-up script, so the
+supervisor reports a crash and restarts it (instead of a window that silently stops
+publishing). Closing the window ends Blender with code 0: the publisher flushes at exit and
+the instance's stream ends; the supervisor does not restart it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Any, Callable, Iterator, Optional
+
+import bpy
+
+BACKPRESSURE_RETRY_S = 0.01
+"""Seconds until the next look when a publisher is full (the window stays live meanwhile)."""
+
+PAUSED_RETRY_S = 0.05
+"""Seconds between two looks while the animation is paused."""
+
+
+def is_ui() -> bool:
+    """True in a Blender with its window (not ``--background``, not the bpy wheel)."""
+    return not bpy.app.background
+
+
+def redraw_all() -> None:
+    """Ask every area of every window to redraw (the viewport shows the new frame)."""
+    wm = bpy.context.window_manager
+    for window in wm.windows if wm is not None else ():
+        for area in window.screen.areas:
+            area.tag_redraw()
+
+
+def crash(where: str) -> None:
+    """Print the current exception's traceback and end Blender with exit code 1."""
+    print(f"blender_worker.interactive: error in {where}:", file=sys.stderr)
+    traceback.print_exc()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)  # noqa: SLF001 - a clean quit would exit 0 and hide the crash from the supervisor
+
+
+def run_in_event_loop(step: Callable[[], Optional[float]], first_interval: float = 0.0,
+                      where: str = "a timer") -> Callable[[], Optional[float]]:
+    """Register ``step`` as a ``bpy.app.timers`` function that ends Blender (code 1) if it raises.
+
+    Args:
+        step: Called once per tick; returns the seconds until the next tick, or None to stop.
+        first_interval: Seconds until the first tick.
+        where: Names ``step`` in the error message.
+
+    Returns:
+        The registered timer function (pass it to ``bpy.app.timers.unregister`` to stop early).
+    """
+
+    def tick() -> Optional[float]:
+        try:
+            return step()
+        except Exception:  # noqa: BLE001 - any error in the frame ends the instance visibly
+            crash(where)
+            return None
+
+    bpy.app.timers.register(tick, first_interval=first_interval, persistent=True)
+    return tick
+
+
+def drive(anim: Any, frames: Iterator[int]) -> None:
+    """Run an `AnimationController`'s frame loop from Blender's event loop, one frame per tick.
+
+    Ticks wait while ``anim.paused`` or while a publisher is full; otherwise they come
+    ``anim.ui_interval`` seconds apart (0: as fast as the window allows). The loop ends when
+    the generator does (``num_episodes`` played or ``anim.stop()``); the window stays open.
+
+    Args:
+        anim: The controller (``paused``, ``ui_interval``).
+        frames: Its frame generator (`AnimationController._frames`).
+    """
+    from blender_worker.publisher import can_publish
+
+    def step() -> Optional[float]:
+        if anim.paused:
+            return PAUSED_RETRY_S
+        if not can_publish():
+            return BACKPRESSURE_RETRY_S
+        try:
+            next(frames)
+        except StopIteration:
+            redraw_all()
+            return None
+        redraw_all()
+        return anim.ui_interval
+
+    run_in_event_loop(step, where="AnimationController.play (a frame of the UI instance)")
