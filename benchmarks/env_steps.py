@@ -10,6 +10,8 @@ no rendering):
 * the floor: a bare Blender that answers ZeroMQ REQ/REP (one-frame messages, blocking
   sockets, no codec, no env logic) and calls ``scene.frame_set`` once per request: what any
   out-of-process Blender step costs on this machine;
+* floor + push: the same, plus the env's action (``motor_lin_target_velocity`` += a +-10 N
+  push, alternating): a moving cart costs the physics more than a resting one;
 * the env: ``gymnasium.make("blendtorch/CartPole-v0", blender=...)``, driven by a balancing
   controller so that episodes are long (truncated at 500 steps); only ``step()`` is timed,
   ``reset()`` separately.
@@ -43,8 +45,10 @@ import bpy
 import zmq
 from blender_worker.scenes.cartpole import build_scene
 
-address, last = sys.argv[sys.argv.index("--") + 1], 502
-build_scene(50)
+argv = sys.argv[sys.argv.index("--") + 1:]
+address, push, last = argv[0], argv[1] == "push", 502
+objs = build_scene(50)
+motor, dv = objs["motor"], 10.0 / (objs["cart"].rigid_body.mass + objs["pole"].rigid_body.mass) / 50
 scene = bpy.context.scene
 scene.frame_start, scene.frame_end = 1, last
 rbw = scene.rigidbody_world
@@ -61,7 +65,10 @@ while True:
     frame += 1
     if frame >= last:  # like an env reset: rewind the physics
         frame = 1
+        motor.motor_lin_target_velocity = 0.0
         rbw.time_scale = rbw.time_scale
+    if push:  # the cartpole's action: +-10 N for one frame through the motor (the env's _prepare_step)
+        motor.motor_lin_target_velocity += dv if msg == b"1" else -dv
     scene.frame_set(frame)
     sock.send(b"%d" % frame)
 """
@@ -85,18 +92,19 @@ def controller(obs) -> int:
 
 
 class Floor:
-    """A bare Blender answering REQ/REP with one ``frame_set`` per request."""
+    """A bare Blender answering REQ/REP with one ``frame_set`` per request; with ``push``
+    it also applies the request's action (alternating pushes) like the env does."""
 
-    def __init__(self, blender: str, tmp: str) -> None:
+    def __init__(self, blender: str, tmp: str, push: bool = False) -> None:
         self.sock = zmq.Context.instance().socket(zmq.REQ)
         self.sock.setsockopt(zmq.LINGER, 0)
-        tag = "".join(c if c.isalnum() else "_" for c in blender)
+        tag = "".join(c if c.isalnum() else "_" for c in blender) + ("-push" if push else "")
         address = f"ipc://{tmp}/floor-{tag}.sock"
         self.sock.bind(address)
-        script = os.path.join(tmp, "floor.py")
+        script = os.path.join(tmp, f"floor-{tag}.py")
         with open(script, "w") as f:
             f.write(_FLOOR)
-        self.proc = BlenderProcess(find_blender(blender), script, None, [address], os.path.join(tmp, f"floor-{tag}.log"))
+        self.proc = BlenderProcess(find_blender(blender), script, None, [address, "push" if push else "bare"], os.path.join(tmp, f"floor-{tag}.log"))
         self.sock.setsockopt(zmq.RCVTIMEO, 120_000)
         self.sock.send(b"go")
         self.sock.recv()
@@ -105,8 +113,8 @@ class Floor:
     def window(self, steps: int) -> float:
         sock = self.sock
         t0 = time.perf_counter()
-        for _ in range(steps):
-            sock.send(b"step")
+        for i in range(steps):
+            sock.send(b"1" if i & 1 else b"0")
             sock.recv()
         return steps / (time.perf_counter() - t0)
 
@@ -147,25 +155,28 @@ class Env:
 
 
 def run_blender(blender: str, steps: int, repeat: int, tmp: str) -> dict:
-    floor, env = Floor(blender, tmp), None
+    floor = Floor(blender, tmp)
+    pushed, env = None, None
     try:
+        pushed = Floor(blender, tmp, push=True)
         env = Env(blender)
-        floor.window(min(steps, 500))  # warm-up
-        env.window(min(steps, 500))
+        for runner in (floor, pushed, env):
+            runner.window(min(steps, 500))  # warm-up
         env.resets.clear()
-        floors, envs = [], []
+        floors, pusheds, envs = [], [], []
         for _ in range(repeat):
             floors.append(floor.window(steps))
+            pusheds.append(pushed.window(steps))
             envs.append(env.window(steps))
-        ratios = [e / f for e, f in zip(envs, floors)]
-        return {"floor": statistics.median(floors), "env": statistics.median(envs),
-                "ratio": statistics.median(ratios),
+        return {"floor": statistics.median(floors), "pushed": statistics.median(pusheds), "env": statistics.median(envs),
+                "ratio": statistics.median([e / f for e, f in zip(envs, floors)]),
+                "ratio_pushed": statistics.median([e / f for e, f in zip(envs, pusheds)]),
                 "reset_ms": 1000 * statistics.median(env.resets) if env.resets else float("nan"),
                 "resets": len(env.resets)}
     finally:
-        floor.close()
-        if env is not None:
-            env.close()
+        for runner in (floor, pushed, env):
+            if runner is not None:
+                runner.close()
 
 
 def run_echo(steps: int, repeat: int, tmp: str) -> float:
@@ -215,8 +226,10 @@ def main() -> None:
     print(f"|{'-' * 60}|" + "|".join("-" * 15 + ":" for _ in cols) + "|")
     rows = [
         ("floor: bare Blender REQ/REP + frame_set (steps/s)", "floor", "{:,.0f}"),
-        ("env: gymnasium.make('blendtorch/CartPole-v0').step() (steps/s)", "env", "{:,.0f}"),
+        ("floor + push: also sets the motor velocity (steps/s)", "pushed", "{:,.0f}"),
+        ("env: gym.make('blendtorch/CartPole-v0').step() (steps/s)", "env", "{:,.0f}"),
         ("env / floor", "ratio", "{:.2f}"),
+        ("env / (floor + push)", "ratio_pushed", "{:.2f}"),
         ("reset() (ms, median)", "reset_ms", "{:.2f}"),
     ]
     for label, key, fmt in rows:
