@@ -9,4 +9,10 @@ if ! command -v blender >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &&
   { apt-get update -q && apt-get install -y -q --no-install-recommends blender; } >/tmp/blendtorch-apt-blender.log 2>&1 \
     || echo "[test] apt-get install blender failed (see /tmp/blendtorch-apt-blender.log); binary tests will fail"
 fi
+# Debian's `xvfb` (a virtual X server) for the interactive-mode tests, tests/test_ui.py (idempotent).
+if ! command -v Xvfb >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "[test] installing Debian's xvfb package with apt-get"
+  { apt-get update -q && apt-get install -y -q --no-install-recommends xvfb; } >/tmp/blendtorch-apt-xvfb.log 2>&1 \
+    || echo "[test] apt-get install xvfb failed (see /tmp/blendtorch-apt-xvfb.log); the UI tests will be skipped"
+fi
 exec .venv/bin/python -m pytest "${@:--q}"
