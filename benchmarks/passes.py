@@ -25,6 +25,8 @@ CASES = [
     ("rgba+instance", ("rgba", "instance"), "srgb8"),
     ("rgba+instance+semantic", ("rgba", "instance", "semantic"), "srgb8"),
     ("rgba+normal", ("rgba", "normal"), "srgb8"),
+    ("rgba+flow_forward", ("rgba", "flow_forward"), "srgb8"),
+    ("rgba+flow fwd+bwd", ("rgba", "flow_forward", "flow_backward"), "srgb8"),
     ("all supported passes", "ALL", "srgb8"),
 ]
 
@@ -48,7 +50,13 @@ def inside_blender(engine: str, width: int, height: int, frames: int, samples: i
     r = bw.Renderer(bw.RenderSettings(engine=engine, resolution=(width, height), samples=samples, workbench_aa="OFF"))
     cam = bw.Camera()
     cam.look_at((0, 0, 0), (6.0, -6.0, 5.0))
-    supported = P.SUPPORT[bpy.context.scene.render.engine]
+    for o in objs:  # keyframed motion (frames 1-3), so that flow is not all zero
+        z = o.location.z
+        for f, dz in ((1, -0.2), (2, 0.0), (3, 0.2)):
+            o.location.z = z + dz
+            o.keyframe_insert("location", frame=f)
+    bpy.context.scene.frame_set(2)
+    supported = P.supported_passes(bpy.context.scene.render.engine)
     results = {}
     for name, passes, color in CASES:
         if passes == "ALL":
