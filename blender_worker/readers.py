@@ -96,3 +96,48 @@ def _group_layers(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
             chans.sort(key=lambda c: order.get(c[0], 99))
             out[key] = chans[0][1] if len(chans) == 1 else np.stack([c[1] for c in chans], axis=-1)
     return out
+
+
+TIFF_TAGS = {256: "width", 257: "height", 258: "bits", 259: "compression", 273: "offsets", 274: "orientation",
+             277: "channels", 279: "counts", 284: "planar"}
+"""The TIFF tags that ``read_tiff`` needs, by number."""
+
+
+def read_tiff(path: str) -> np.ndarray:
+    """Read an uncompressed 8-bit RGB(A) little-endian TIFF (as Blender writes it with
+    ``tiff_codec = "NONE"``) into an (H, W, 4) uint8 RGBA array, top row first."""
+    data = np.fromfile(path, dtype=np.uint8)
+    if data[:4].tobytes() != b"II*\0":
+        raise ValueError(f"{path}: not a little-endian TIFF file")
+    ifd = int(data[4:8].view("<u4")[0])
+    count = int(data[ifd : ifd + 2].view("<u2")[0])
+    entry = np.dtype([("tag", "<u2"), ("type", "<u2"), ("count", "<u4"), ("value", "<u4")])
+    tags: dict[str, list[int]] = {}
+    for tag, typ, n, value in np.frombuffer(data, entry, count=count, offset=ifd + 2).tolist():
+        if tag not in TIFF_TAGS:
+            continue
+        size = {3: 2, 4: 4}.get(typ)
+        if size is None:
+            raise ValueError(f"{path}: unexpected type {typ} of TIFF tag {tag}")
+        if n * size <= 4:  # the values sit in the entry itself
+            raw = np.array([value], "<u4").view("<u2" if size == 2 else "<u4")[:n]
+        else:
+            raw = np.frombuffer(data, "<u2" if size == 2 else "<u4", count=n, offset=value)
+        tags[TIFF_TAGS[tag]] = [int(v) for v in raw]
+    width, height, channels = tags["width"][0], tags["height"][0], tags.get("channels", [1])[0]
+    if tags.get("compression", [1])[0] != 1 or set(tags["bits"]) != {8} or channels not in (3, 4):
+        raise ValueError(f"{path}: only uncompressed 8-bit RGB/RGBA TIFF is supported")
+    if tags.get("planar", [1])[0] != 1 or tags.get("orientation", [1])[0] != 1:
+        raise ValueError(f"{path}: only interleaved, top-left-origin TIFF is supported")
+    offsets, counts = tags["offsets"], tags["counts"]
+    if all(offsets[i] + counts[i] == offsets[i + 1] for i in range(len(offsets) - 1)):  # contiguous strips
+        pix = data[offsets[0] : offsets[0] + width * height * channels]
+    else:
+        pix = np.concatenate([data[o : o + c] for o, c in zip(offsets, counts)])
+    pix = pix.reshape(height, width, channels)
+    if channels == 4:
+        return pix
+    rgba = np.empty((height, width, 4), dtype=np.uint8)
+    rgba[..., :3] = pix
+    rgba[..., 3] = 255
+    return rgba
