@@ -196,6 +196,12 @@ class BaseEnv(Generic[ObsType, ActType]):
     # ----------------------------------------------------------------- serving
     def run(self) -> None:
         """Serve the driver until it sends ``close`` (or goes away: the lifeline ends us)."""
+        import bpy
+
+        if not bpy.app.background:  # a UI instance (EnvConfig(ui=True)): Blender's event loop serves
+            from blender_worker.interactive import serve_env
+
+            return serve_env(self)
         ctx = zmq.Context.instance()
         sock = ctx.socket(zmq.REP)
         sock.setsockopt(zmq.LINGER, REPLY_LINGER_MS)

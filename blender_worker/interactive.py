@@ -111,3 +111,82 @@ def drive(anim: Any, frames: Iterator[int]) -> None:
         return anim.ui_interval
 
     run_in_event_loop(step, where="AnimationController.play (a frame of the UI instance)")
+
+
+ENV_POLL_S = 0.002
+"""Seconds between two looks for a driver request of an env served from the event loop."""
+
+
+def serve_env(env: Any) -> None:
+    """Serve a `blender_worker.env.BaseEnv` from Blender's event loop (a UI instance).
+
+    What ``BaseEnv.run`` does in the background, as a timer: requests are answered between two
+    redraws, so the window shows the env while an agent acts on it. In real-time mode
+    (``EnvConfig(real_time=True)``) the simulation advances at the scene's frame rate (or
+    ``real_time_fps``), with the last action when no step request came in time; stepped mode
+    advances one frame per ``step``. ``close`` from the driver quits Blender.
+
+    Args:
+        env: The env (its ``run()`` calls this when ``bpy.app.background`` is False).
+    """
+    import zmq
+
+    from blender_worker import env as env_mod
+
+    sock = zmq.Context.instance().socket(zmq.REP)
+    sock.setsockopt(zmq.LINGER, env_mod.REPLY_LINGER_MS)
+    sock.connect(env.launch.control_address)
+    real_time = env.env_args.real_time
+    fps = env.env_args.real_time_fps or (env.scene.render.fps / env.scene.render.fps_base)
+    period = 1.0 / fps
+    import time
+
+    state: dict = {"pending": None, "next": time.monotonic() + period}
+
+    def finish() -> None:
+        sock.close()
+        if env._renderer is not None:  # noqa: SLF001 - as BaseEnv.run's cleanup
+            env._renderer.close()  # noqa: SLF001
+        bpy.app.timers.register(lambda: bpy.ops.wm.quit_blender() and None, first_interval=0.1)
+
+    def answer() -> bool:
+        """Answer what the driver sent; False once it closed the env."""
+        while state["pending"] is None and sock.poll(0, zmq.POLLIN):
+            request = env_mod._recv(sock)  # noqa: SLF001
+            is_step = request.get("cmd") == env_mod.EnvCommand.STEP
+            if is_step and real_time and not env._episode_over:  # noqa: SLF001
+                state["pending"] = request  # its action goes into the next frame
+                return True
+            if is_step and real_time and env._last is not None:  # noqa: SLF001 - episode over: repeat
+                reply, done = env._last, False  # noqa: SLF001
+            else:
+                reply, done = env._handle(request)  # noqa: SLF001 - stepped: the step runs here
+            env_mod._send(sock, reply)  # noqa: SLF001
+            if done:
+                finish()
+                return False
+            if request.get("cmd") == env_mod.EnvCommand.RESET:
+                state["next"] = time.monotonic() + period
+            if is_step or request.get("cmd") == env_mod.EnvCommand.RESET:
+                redraw_all()
+        return True
+
+    def step() -> Optional[float]:
+        if not answer():
+            return None
+        if not real_time:
+            return ENV_POLL_S
+        now = time.monotonic()
+        if env._episode_over or now < state["next"]:  # noqa: SLF001
+            return min(ENV_POLL_S, max(0.0, state["next"] - now))
+        pending, state["pending"] = state["pending"], None
+        if pending is not None:
+            env._last = env._safe(lambda: env.step(pending.get("action")))  # noqa: SLF001
+            env_mod._send(sock, env._last)  # noqa: SLF001
+        else:  # nobody asked: the simulation goes on with the last action
+            env._last = env._safe(lambda: env.step(None, apply=False))  # noqa: SLF001
+        state["next"] = max(state["next"] + period, now - period)
+        redraw_all()
+        return 0.0
+
+    run_in_event_loop(step, where="the env served in Blender's window")

@@ -108,7 +108,7 @@ class _Connection:
         args += EnvArgs(real_time=config.real_time, real_time_fps=config.real_time_fps).to_argv()
         try:
             self.proc = BlenderProcess(
-                find_blender(config.blender), config.script, config.scene,
+                find_blender(config.blender, ui=config.ui), config.script, config.scene,
                 [*args, *config.script_args], self.log_path, env=config.env or None,
             )
         except BaseException:

@@ -157,3 +157,31 @@ def test_the_driver_display_travels_with_the_config(monkeypatch):
     monkeypatch.setenv("DISPLAY", ":42")
     assert LaunchConfig(script=UI_SCENE, blender="blender", ui=True).env["DISPLAY"] == ":42"
     assert "DISPLAY" not in LaunchConfig(script=UI_SCENE).env  # background instances: untouched
+
+
+@pytest.mark.blender
+def test_real_time_cartpole_runs_in_the_window(display):
+    from PIL import ImageGrab
+
+    from blendtorch_ray.envs import CartPoleEnv
+
+    env = CartPoleEnv(blender="blender", ui=True, real_time=True, width=64, height=48, start_timeout=180)
+    pid = None
+    try:
+        obs, _ = env.reset(seed=0)
+        pid = env._holder[0].proc.pid
+        assert obs.shape == (4,) and np.isfinite(obs).all()
+        observations = [obs]
+        for _ in range(15):
+            obs, reward, terminated, truncated, _ = env.step(1)  # push right, at the scene's frame rate
+            observations.append(obs)
+            if terminated or truncated:
+                break
+        assert np.isfinite(observations).all()
+        assert observations[-1][1] > observations[0][1]  # the cart sped up to the right
+        shot = np.asarray(ImageGrab.grab(xdisplay=display).convert("RGB"))
+        assert len(np.unique(shot.reshape(-1, 3), axis=0)) > 50  # the window is up
+    finally:
+        env.close()
+    if pid is not None:
+        assert wait_until(lambda: pid not in blender_pids())
