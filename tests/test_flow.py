@@ -257,21 +257,21 @@ def test_flow_streams_records_and_replays(ray_session, tmp_path, write_script):
     from blendtorch_ray.recording import ReplayDataset
 
     with BlenderLauncher(script=write_script(STREAM), num_instances=1) as bl:
-        live = [dict(it) for it in bl.dataset(max_items=3, timeout=120, record_to=str(tmp_path))]
+        live = [dict(it) for it in bl.dataset(max_items=3, timeout=120, record_to=str(tmp_path / "rec"))]
     assert len(live) == 3
     for it in live:  # through the shared-memory path
         assert it["flow_forward"].shape == (24, 32, 2) and it["flow_forward"].dtype == np.float32
         assert np.abs(it["flow_forward"]).max() > 0.5  # the default cube moves along x
         # x motion of +-0.2 m seen in perspective: nearly opposite, not exactly
         np.testing.assert_allclose(it["flow_backward"], -it["flow_forward"], atol=0.05)
-    replay = ReplayDataset(str(tmp_path))
+    replay = ReplayDataset(str(tmp_path / "rec"))
     assert len(replay) == 3
     for i, it in enumerate(live):
         for k in ("flow_forward", "flow_backward"):
             back = replay[i][k]
             assert back.dtype == np.float32
             np.testing.assert_array_equal(np.asarray(back), np.asarray(it[k]))
-    rows = sorted(ray.data.read_webdataset(str(tmp_path)).take_all(), key=lambda r: r["__key__"])
+    rows = sorted(ray.data.read_webdataset(str(tmp_path / "rec")).take_all(), key=lambda r: r["__key__"])
     assert len(rows) == 3
     for it, row in zip(live, rows):
         assert row["flow_forward.npy"].dtype == np.float32
