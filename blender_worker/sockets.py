@@ -110,17 +110,24 @@ def send_compact(sock: "zmq.Socket", obj: Any, *, kind: str = KIND_ITEM, flags: 
         kind: The header's message kind, used only by the fallback.
         flags: ZeroMQ send flags (e.g. ``zmq.NOBLOCK``).
     """
-    out = io.BytesIO()
-    try:
-        _CompactPickler(out, protocol=5).dump(obj)
-    except _TooBig:
-        send(sock, obj, kind=kind, flags=flags)
-        return
-    body = out.getbuffer()
+    if type(obj) is dict and all(type(v) in _PLAIN for v in obj.values()):  # a request: no arrays
+        body = pickle.dumps(obj, protocol=5)
+    else:
+        out = io.BytesIO()
+        try:
+            _CompactPickler(out, protocol=5).dump(obj)
+        except _TooBig:
+            send(sock, obj, kind=kind, flags=flags)
+            return
+        body = out.getbuffer()
     if len(body) > COMPACT_MAX_BYTES:
         send(sock, obj, kind=kind, flags=flags)
     else:
         sock.send(body, flags)
+
+
+_PLAIN = (str, int, float, bool, type(None))
+_DTYPES: dict = {}
 
 
 class _TooBig(Exception):
@@ -129,7 +136,11 @@ class _TooBig(Exception):
 
 def _array(data: bytearray, dtype: str, shape: tuple) -> np.ndarray:
     """Unpickle an array pickled by ``_CompactPickler`` (writable: ``data`` is a bytearray)."""
-    return np.frombuffer(data, dtype).reshape(shape)
+    dt = _DTYPES.get(dtype)
+    if dt is None:
+        dt = _DTYPES[dtype] = np.dtype(dtype)
+    arr = np.frombuffer(data, dt)
+    return arr if len(shape) == 1 else arr.reshape(shape)
 
 
 class _CompactPickler(pickle.Pickler):
