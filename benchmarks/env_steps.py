@@ -18,7 +18,8 @@ no rendering):
 
 Windows of the floor and the env alternate (``--repeat`` of each, ``--steps`` steps per
 window) so that both see the same machine load; the table shows medians. Start-up is excluded.
-Last, a bare ZeroMQ REQ/REP round trip to a plain Python process (no Blender): the transport
+CPU rows: what each side spent per step (Blender: all its threads, from ``/proc``; driver: the
+calling thread), less sensitive to other load on the machine than steps/s. Last, a bare ZeroMQ REQ/REP round trip to a plain Python process (no Blender): the transport
 alone.
 """
 
@@ -83,6 +84,29 @@ while True:
     if m == b"stop":
         break
 """
+
+
+def process_cpu_ns(pid: int) -> int:
+    """CPU time (ns) of every thread of ``pid`` so far (Linux ``/proc``; 0 elsewhere)."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def timed(runner, pid: int, steps: int) -> tuple[float, float, float]:
+    """One window: ``(steps/s, Blender CPU us/step (all threads), driver thread CPU us/step)``."""
+    blender0, driver0 = process_cpu_ns(pid), time.thread_time()
+    rate = runner.window(steps)
+    return rate, (process_cpu_ns(pid) - blender0) / steps / 1e3, (time.thread_time() - driver0) / steps * 1e6
 
 
 def controller(obs) -> int:
@@ -163,12 +187,14 @@ def run_blender(blender: str, steps: int, repeat: int, tmp: str) -> dict:
         for runner in (floor, pushed, env):
             runner.window(min(steps, 500))  # warm-up
         env.resets.clear()
-        floors, pusheds, envs = [], [], []
+        pids = {"floor": floor.proc.pid, "pushed": pushed.proc.pid, "env": env.env.unwrapped.pid}
+        runs: dict = {name: [] for name in pids}
         for _ in range(repeat):
-            floors.append(floor.window(steps))
-            pusheds.append(pushed.window(steps))
-            envs.append(env.window(steps))
-        return {"floor": statistics.median(floors), "pushed": statistics.median(pusheds), "env": statistics.median(envs),
+            for name, runner in (("floor", floor), ("pushed", pushed), ("env", env)):
+                runs[name].append(timed(runner, pids[name], steps))
+        floors, pusheds, envs = ([r[0] for r in runs[k]] for k in ("floor", "pushed", "env"))
+        cpu = {f"{k}_{part}": statistics.median(r[i] for r in runs[k]) for k in runs for i, part in ((1, "blender_cpu"), (2, "driver_cpu"))}
+        return {**cpu, "floor": statistics.median(floors), "pushed": statistics.median(pusheds), "env": statistics.median(envs),
                 "ratio": statistics.median([e / f for e, f in zip(envs, floors)]),
                 "ratio_pushed": statistics.median([e / f for e, f in zip(envs, pusheds)]),
                 "reset_ms": 1000 * statistics.median(env.resets) if env.resets else float("nan"),
@@ -231,6 +257,11 @@ def main() -> None:
         ("env / floor", "ratio", "{:.2f}"),
         ("env / (floor + push)", "ratio_pushed", "{:.2f}"),
         ("reset() (ms, median)", "reset_ms", "{:.2f}"),
+        ("Blender CPU per step, all threads (us): floor", "floor_blender_cpu", "{:.0f}"),
+        ("Blender CPU per step, all threads (us): floor + push", "pushed_blender_cpu", "{:.0f}"),
+        ("Blender CPU per step, all threads (us): env", "env_blender_cpu", "{:.0f}"),
+        ("driver thread CPU per step (us): floor", "floor_driver_cpu", "{:.0f}"),
+        ("driver thread CPU per step (us): env", "env_driver_cpu", "{:.0f}"),
     ]
     for label, key, fmt in rows:
         print(f"| {label:58s} | " + " | ".join(f"{fmt.format(results[b][key]):>14s}" for b in blenders) + " |")
