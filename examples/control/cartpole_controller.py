@@ -27,13 +27,18 @@ def main() -> None:
     parser.add_argument("--gif", default=None, help="write the first episode's frames (every 5th) to this GIF")
     parser.add_argument("--real-time", action="store_true", help="free-running simulation at 50 fps")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ui", action="store_true",
+                        help="watch it in Blender's window (needs a Blender binary and $DISPLAY; README: Interactive mode)")
+    parser.add_argument("--blender", default=None, help="Blender to run (default: the bpy wheel; with --ui: 'blender')")
     args = parser.parse_args()
+    ui = {"ui": True, "blender": args.blender or "blender"} if args.ui else ({"blender": args.blender} if args.blender else {})
 
     env = gym.make(
         "blendtorch/CartPole-v0",
         render_mode="rgb_array" if args.gif else None,
         max_episode_steps=args.max_steps,
         real_time=args.real_time,
+        **ui,
     )
     frames = []
     try:
