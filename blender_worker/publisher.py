@@ -26,6 +26,9 @@ def can_publish() -> bool:
 
     UI instances ask this before running a frame (`blender_worker.interactive`), so that
     backpressure pauses the animation instead of freezing Blender's window.
+
+    Returns:
+        True when no open publisher would wait (also when there is none).
     """
     return all(p.writable() for p in list(_OPEN))
 
@@ -108,8 +111,12 @@ class DataPublisher:
         _OPEN.add(self)
 
     def writable(self) -> bool:
-        """True if ``publish`` of one item would not wait now (a place in the send queue and,
-        with shared-memory slots, a free slot); False once closed."""
+        """Whether ``publish`` of one item would not wait now.
+
+        Returns:
+            True if there is a place in the send queue and, with shared-memory slots, a free
+            slot; False once closed.
+        """
         if self._closed or not self._sock.poll(0, zmq.POLLOUT):
             return False
         return self._slots is None or self._slots.has_free_slot()
