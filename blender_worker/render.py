@@ -2,8 +2,9 @@
 
 Blender's ``Render Result`` holds no pixels in background mode, so each frame is written
 with ``write_still`` to an uncompressed file on /dev/shm and read back with numpy:
-uncompressed Targa for display-referred 8-bit RGBA (view transform applied) and
-uncompressed OpenEXR (read with the ``OpenEXR`` package) for scene-linear float RGBA.
+uncompressed Targa (Blender >= 5) or 8-bit TIFF (older Blenders, whose Targa writer goes byte
+by byte) for display-referred 8-bit RGBA (view transform applied; the same image either way)
+and uncompressed OpenEXR (read with the ``OpenEXR`` package) for scene-linear float RGBA.
 Ground-truth passes (depth, instance and semantic ids, normals; see ``blender_worker.passes``)
 come from one multilayer OpenEXR of the same render: ``render(passes=("rgba", "depth"))``.
 """
