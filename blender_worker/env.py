@@ -194,6 +194,31 @@ class BaseEnv(Generic[ObsType, ActType]):
         return obs, float(reward), terminated, truncated, info
 
     # ----------------------------------------------------------------- serving
+    reply_linger_ms = REPLY_LINGER_MS
+    """ZeroMQ ``LINGER`` of the reply socket (see ``REPLY_LINGER_MS``)."""
+
+    @staticmethod
+    def recv_request(sock: "zmq.Socket") -> dict:
+        """Receive one request of the env channel.
+
+        Args:
+            sock: The REP socket.
+
+        Returns:
+            The request dict (``{"cmd": ...}``).
+        """
+        return _recv(sock)
+
+    @staticmethod
+    def send_reply(sock: "zmq.Socket", obj: Any) -> None:
+        """Send one reply on the env channel.
+
+        Args:
+            sock: The REP socket.
+            obj: The reply.
+        """
+        _send(sock, obj)
+
     def run(self) -> None:
         """Serve the driver until it sends ``close`` (or goes away: the lifeline ends us)."""
         import bpy

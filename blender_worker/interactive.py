@@ -180,10 +180,10 @@ def serve_env(env: Any) -> None:
     """
     import zmq
 
-    from blender_worker import env as env_mod
+    from blender_worker.protocol import EnvCommand
 
     sock = zmq.Context.instance().socket(zmq.REP)
-    sock.setsockopt(zmq.LINGER, env_mod.REPLY_LINGER_MS)
+    sock.setsockopt(zmq.LINGER, env.reply_linger_ms)
     sock.connect(env.launch.control_address)
     real_time = env.env_args.real_time
     fps = env.env_args.real_time_fps or (env.scene.render.fps / env.scene.render.fps_base)
@@ -202,8 +202,8 @@ def serve_env(env: Any) -> None:
     def answer() -> bool:
         """Answer what the driver sent; False once it closed the env."""
         while state["pending"] is None and sock.poll(0, zmq.POLLIN):
-            request = env_mod._recv(sock)  # noqa: SLF001
-            is_step = request.get("cmd") == env_mod.EnvCommand.STEP
+            request = env.recv_request(sock)
+            is_step = request.get("cmd") == EnvCommand.STEP
             if is_step and real_time and not env._episode_over:  # noqa: SLF001
                 state["pending"] = request  # its action goes into the next frame
                 return True
@@ -211,13 +211,13 @@ def serve_env(env: Any) -> None:
                 reply, done = env._last, False  # noqa: SLF001
             else:
                 reply, done = env._handle(request)  # noqa: SLF001 - stepped: the step runs here
-            env_mod._send(sock, reply)  # noqa: SLF001
+            env.send_reply(sock, reply)
             if done:
                 finish()
                 return False
-            if request.get("cmd") == env_mod.EnvCommand.RESET:
+            if request.get("cmd") == EnvCommand.RESET:
                 state["next"] = time.monotonic() + period
-            state["changed"] = state.get("changed") or is_step or request.get("cmd") == env_mod.EnvCommand.RESET
+            state["changed"] = state.get("changed") or is_step or request.get("cmd") == EnvCommand.RESET
         return True
 
     def step() -> Optional[float]:
@@ -230,7 +230,7 @@ def serve_env(env: Any) -> None:
         pending, state["pending"] = state["pending"], None
         if pending is not None:
             env._last = env._safe(lambda: env.step(pending.get("action")))  # noqa: SLF001
-            env_mod._send(sock, env._last)  # noqa: SLF001
+            env.send_reply(sock, env._last)  # noqa: SLF001
         else:  # nobody asked: the simulation goes on with the last action
             env._last = env._safe(lambda: env.step(None, apply=False))  # noqa: SLF001
         state["next"] = max(state["next"] + period, now - period)

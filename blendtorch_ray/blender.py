@@ -134,14 +134,42 @@ def check_binary(path: str) -> tuple[int, int, int]:
     return version
 
 
+def check_ui(blender: Optional[str], env: Optional[dict] = None, display: bool = True) -> None:
+    """Raise ValueError (saying how to fix it) if a UI instance cannot start: the Blender is the
+    bpy wheel, or there is no display to open its window on.
+
+    Args:
+        blender: ``BlenderSpec.blender``.
+        env: ``BlenderSpec.env`` (a ``DISPLAY`` there counts).
+        display: Also check that there is a display.
+    """
+    choice = blender or os.environ.get(ENV_VAR) or "bpy"
+    if choice == "bpy":
+        raise ValueError(
+            "ui=True needs a Blender binary: the bpy wheel (Blender as a Python module) has no "
+            "window. Pass blender= the path of a blender executable (e.g. blender='blender' "
+            f"for the one on PATH, Debian: `apt-get install blender`) or set ${ENV_VAR}"
+        )
+    if not display:
+        return
+    env = env or {}
+    display = env.get("DISPLAY") or os.environ.get("DISPLAY") or env.get("WAYLAND_DISPLAY") \
+        or os.environ.get("WAYLAND_DISPLAY")
+    if not display:
+        raise ValueError(
+            "ui=True needs a display for Blender's window, but $DISPLAY is not set. On a desktop, "
+            "run from its terminal; over SSH, use X forwarding (`ssh -X`) or a VNC session; "
+            "without a screen, start a virtual X server (`Xvfb :99 &` then DISPLAY=:99, Debian: "
+            "`apt-get install xvfb`) or pass env={'DISPLAY': ':99'}"
+        )
+
+
 def find_blender(blender: Optional[str] = None, ui: bool = False) -> BlenderExecutable:
     """Resolve which Blender to use; raise BlenderNotFoundError with the fix if none
     (BlenderVersionError if a binary is too old or its Python does not match). ``ui``: a
     binary started with its window (``BlenderSpec.ui``; ValueError for the bpy wheel)."""
     if ui:
         import dataclasses
-
-        from blendtorch_ray.config import check_ui
 
         check_ui(blender, display=False)  # the display: checked in the driver (BlenderSpec)
         return dataclasses.replace(find_blender(blender), ui=True)

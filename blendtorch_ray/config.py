@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from blendtorch_ray import validation as v
+from blendtorch_ray.blender import check_ui
 
 SEED_EPOCH_STRIDE = 100_003
 """Seed distance between restart epochs of one instance (a prime larger than any group, so
@@ -75,38 +76,6 @@ class BlenderSpec:
 
 _DISPLAY_VARS = ("DISPLAY", "XAUTHORITY", "WAYLAND_DISPLAY")
 """Variables a UI instance needs to open its window, copied from the driver into ``env``."""
-
-
-def check_ui(blender: Optional[str], env: Optional[dict] = None, display: bool = True) -> None:
-    """Raise ValueError (saying how to fix it) if a UI instance cannot start: the Blender is the
-    bpy wheel, or there is no display to open its window on.
-
-    Args:
-        blender: ``BlenderSpec.blender``.
-        env: ``BlenderSpec.env`` (a ``DISPLAY`` there counts).
-        display: Also check that there is a display.
-    """
-    from blendtorch_ray.blender import ENV_VAR
-
-    choice = blender or os.environ.get(ENV_VAR) or "bpy"
-    if choice == "bpy":
-        raise ValueError(
-            "ui=True needs a Blender binary: the bpy wheel (Blender as a Python module) has no "
-            "window. Pass blender= the path of a blender executable (e.g. blender='blender' "
-            f"for the one on PATH, Debian: `apt-get install blender`) or set ${ENV_VAR}"
-        )
-    if not display:
-        return
-    env = env or {}
-    display = env.get("DISPLAY") or os.environ.get("DISPLAY") or env.get("WAYLAND_DISPLAY") \
-        or os.environ.get("WAYLAND_DISPLAY")
-    if not display:
-        raise ValueError(
-            "ui=True needs a display for Blender's window, but $DISPLAY is not set. On a desktop, "
-            "run from its terminal; over SSH, use X forwarding (`ssh -X`) or a VNC session; "
-            "without a screen, start a virtual X server (`Xvfb :99 &` then DISPLAY=:99, Debian: "
-            "`apt-get install xvfb`) or pass env={'DISPLAY': ':99'}"
-        )
 
 
 @dataclass
