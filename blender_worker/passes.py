@@ -144,6 +144,9 @@ def _engines_for(name: str) -> str:
 def check_flow_settings(scene: "bpy.types.Scene") -> None:
     """Raise if the scene cannot give flow: Blender writes no Vector pass with motion blur.
 
+    Args:
+        scene: The scene about to be rendered with a flow pass.
+
     Raises:
         ValueError: ``scene.render.use_motion_blur`` is on.
     """

@@ -30,7 +30,11 @@ applied by Blender): uncompressed Targa or uncompressed 8-bit TIFF."""
 def default_srgb8_format() -> str:
     """The faster 8-bit file for this Blender: Blender 3.x writes Targa one byte at a time
     (``putc``; 640x480 Workbench frame on 3.4.1: ~86 ms render + TGA against ~50 ms with TIFF),
-    5.0 writes it in one go (TGA ~47 ms, TIFF ~61 ms). See ``benchmarks/render.py``."""
+    5.0 writes it in one go (TGA ~47 ms, TIFF ~61 ms). See ``benchmarks/render.py``.
+
+    Returns:
+        "tiff" on Blender < 5.0, "tga" from 5.0 on.
+    """
     return "tiff" if bpy.app.version < (5, 0, 0) else "tga"
 
 
