@@ -49,14 +49,19 @@ def test_max_items_is_a_total_with_more_workers_than_instances(ray_session, num_
 @pytest.mark.blender
 @pytest.mark.ray
 def test_two_instances_interleave_round_robin(ray_session):
-    batch_size = 8
-    with BlenderLauncher(script=FOREVER, num_instances=2, num_cpus=0.5, batch_size=batch_size) as bl:
-        # Let both instances build a backlog before reading: the reader must not drain one first.
-        bl.health()
+    batch_size, in_flight = 8, 4
+    with BlenderLauncher(script=FOREVER, num_instances=2, num_cpus=0.5, batch_size=batch_size,
+                         max_batches_in_flight=in_flight) as bl:
+        # Both instances build a backlog before reading (each publishes ~200 items/s; 3 s fill
+        # their slots and queues). The reader then finds both ready all the time and must not
+        # drain one backlog first (before the fix: 48 items of one instance, then the other).
+        # Reading only what the backlogs hold keeps the check about the reader: once they are
+        # drained, which instance has a batch ready depends on how the 2 cores are shared.
         import time
 
         time.sleep(3.0)
-        btids = [int(it["btid"]) for it in bl.dataset(max_items=200, timeout=60)]
+        btids = [int(it["btid"]) for it in bl.dataset(max_items=2 * in_flight * batch_size, timeout=60,
+                                                      max_batches_in_flight=in_flight)]
     runs, run = [], 1
     for a, b in zip(btids, btids[1:]):
         if a == b:
