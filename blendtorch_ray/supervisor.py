@@ -260,8 +260,11 @@ class Supervisor:
         """
         with self.lock:
             msg = self.recv(timeout_ms)
-        if msg is None:
-            return None
+        return None if msg is None else self._take(msg)
+
+    def _take(self, msg: tuple[dict, Any]) -> Optional[tuple[dict, dict]]:
+        """Act on one message: an item is counted and returned; any other kind is handled
+        (handshake, end marker, device info, a dropped non-dict item) and its slot released."""
         header, obj = msg
         kind = header.get("kind")
         if kind == KIND_ITEM and isinstance(obj, dict):
@@ -305,18 +308,12 @@ class Supervisor:
                         break
                     continue
                 quiet_polls = 0
-                header, obj = msg
-                if header.get("kind") == KIND_END:
-                    self.on_end(obj)
+                got = self._take(msg)
+                if got is not None:
+                    held.append(got[0])
+                    items.append(got[1])
+                elif msg[0].get("kind") == KIND_END:
                     break
-                if header.get("kind") == KIND_INFO:
-                    self.on_info(obj)
-                if header.get("kind") == KIND_ITEM and isinstance(obj, dict):
-                    items.append(obj)
-                    held.append(header)
-                    self.count()
-                else:
-                    self.receiver.release(header)
         return items
 
     def on_end(self, obj: Any) -> None:
