@@ -28,7 +28,8 @@ Modules for users:
 Internals: `blendtorch_ray.actor` (the supervising actor), `blendtorch_ray.transport`,
 `blendtorch_ray.shm_ring`, `blendtorch_ray.prestart`, `blendtorch_ray.process`,
 `blendtorch_ray.blender`, `blendtorch_ray.runtime`, `blendtorch_ray.validation`,
-`blendtorch_ray.cli`, `blendtorch_ray.demo`, `blendtorch_ray.health`, `blendtorch_ray.extras`.
+`blendtorch_ray.cli`, `blendtorch_ray.demo`, `blendtorch_ray.health`, `blendtorch_ray.extras`,
+`blendtorch_ray.placement`.
 """
 
 import importlib

@@ -1,0 +1,57 @@
+"""Where a group's instances go: whether the cluster can hold them, and the CPU share each
+instance asks for when ``PlacementConfig.num_cpus`` is left to the default."""
+
+from __future__ import annotations
+
+import ray
+
+from blendtorch_ray.config import LaunchConfig
+
+MIN_LOCAL_CPUS = 0.25
+"""Smallest default CPU share per instance in local mode (4 Blenders per core)."""
+
+
+def check_capacity(cfg: LaunchConfig) -> None:
+    """Check that the whole Ray cluster can hold ``cfg.num_instances`` instances.
+
+    Args:
+        cfg: The group's configuration (``num_cpus`` already resolved, not None).
+
+    Raises:
+        ValueError: The cluster's CPUs, GPUs or custom resources are too few; the message
+            names each shortfall and how to fix it.
+    """
+    total = ray.cluster_resources()
+    where = cfg.placement
+    need = {"CPU": where.num_cpus * cfg.num_instances}
+    if where.num_gpus:
+        need["GPU"] = where.num_gpus * cfg.num_instances
+    for key, value in where.resources.items():
+        need[key] = value * cfg.num_instances
+    short = {k: (v, total.get(k, 0.0)) for k, v in need.items() if v > total.get(k, 0.0) + 1e-9}
+    if short:
+        detail = ", ".join(f"{k}: need {v:g}, cluster has {have:g}" for k, (v, have) in short.items())
+        raise ValueError(
+            f"{cfg.num_instances} instance(s) do not fit in this Ray cluster ({detail}). Lower "
+            "num_instances or the per-instance num_cpus/num_gpus/resources, start Ray with more "
+            "(e.g. `ray start --resources='{\"blender\": 4}'`), or pass wait_for_resources=True "
+            "on an autoscaling cluster"
+        )
+
+
+def default_num_cpus(num_instances: int) -> float:
+    """CPUs per instance when ``PlacementConfig.num_cpus`` is None.
+
+    Args:
+        num_instances: Instances in the group.
+
+    Returns:
+        1.0 on a cluster of several nodes; on a single node (local mode)
+        ``min(1, CPUs / num_instances)`` rounded down to 1/100, so the group fits, but never
+        below ``MIN_LOCAL_CPUS``: a group far too large for the machine is still refused.
+    """
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    if len(alive) != 1:
+        return 1.0
+    cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    return max(MIN_LOCAL_CPUS, min(1.0, int(100 * cpus / num_instances) / 100))
