@@ -261,7 +261,9 @@ class Renderer:
                 index = layers["Object Index"] if "Object Index" in layers else layers["IndexOB"]  # 3.x name
                 ids = np.rint(index).astype(np.int32)
             else:
-                ids = P.IdRender(self.scene).render(os.path.join(self._dir, "ids.exr"))
+                from blender_worker.id_render import IdRender
+
+                ids = IdRender(self.scene).render(os.path.join(self._dir, "ids.exr"))
             if "instance" in names:
                 out["instance"] = ids
             if "semantic" in names:

@@ -16,7 +16,7 @@ Units: BOP uses millimetres for translations and depth; ``scene_unit_mm`` (1000:
 are metres) converts. Rotations are row-major 3x3 lists, boxes ``[x, y, width, height]`` in
 pixels (``[-1, -1, -1, -1]`` when empty).
 
-Item keys (publish them from Blender; see ``Camera.object_poses`` and ``passes.amodal_masks``):
+Item keys (publish them from Blender; see ``Camera.object_poses`` and ``id_render.amodal_masks``):
 
 =============  ===============  ==========================================================
 key            shape            meaning
@@ -30,7 +30,7 @@ pose_ids       (N,) int         instance id of each object (``Camera.object_pose
 pose_obj_ids   (N,) int         BOP obj_id of each object
 cam_R_m2c      (N, 3, 3)        model-to-camera rotations, OpenCV axes
 cam_t_m2c      (N, 3)           model-to-camera translations, scene units
-amodal_masks   (N, H, W) bool   full silhouettes (``passes.amodal_masks``)
+amodal_masks   (N, H, W) bool   full silhouettes (``id_render.amodal_masks``)
 =============  ===============  ==========================================================
 """
 
@@ -76,7 +76,7 @@ def _check(item: Mapping[str, Any], index: int) -> None:
     if missing:
         raise KeyError(
             f"item {index} lacks {missing} for BOP export (keys: {sorted(item)}); publish "
-            "cam.object_poses(objs), amodal_masks=passes.amodal_masks(objs, path), K=cam.K with "
+            "cam.object_poses(objs), amodal_masks=id_render.amodal_masks(objs, path), K=cam.K with "
             "Renderer.render(passes=('rgba', 'depth', 'instance'))"
         )
     n = len(np.asarray(item["pose_ids"]))
@@ -110,7 +110,7 @@ def export_bop(items: Iterable[Mapping[str, Any]], directory: str, options: Opti
 
             out = renderer.render(passes=("rgba", "depth", "instance"))
             pub.publish(**out, **cam.object_poses(objs), K=cam.K, extrinsics=cam.extrinsics_opencv(),
-                        amodal_masks=passes.amodal_masks(objs, "/dev/shm/ids.exr"))
+                        amodal_masks=id_render.amodal_masks(objs, "/dev/shm/ids.exr"))
 
         and on the driver ``export_bop(bl.dataset(max_items=100), "bop/train_pbr")``.
     """

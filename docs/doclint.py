@@ -43,6 +43,7 @@ API_MODULES = (
     "blender_worker.render",
     "blender_worker.camera",
     "blender_worker.passes",
+    "blender_worker.id_render",
     "blender_worker.duplex",
     "blender_worker.env",
     "blender_worker.randomize",

@@ -1,4 +1,4 @@
-"""BOP export: poses from ``Camera.object_poses``, full masks from ``passes.amodal_masks``, a
+"""BOP export: poses from ``Camera.object_poses``, full masks from ``id_render.amodal_masks``, a
 real Blender render (Workbench, 64x48) of two cubes, one partly hiding the other; the scene
 written by ``export_bop`` and by ``blendtorch-ray bop`` is read back as the BOP format
 description says (the BOP toolkit is not on PyPI) and checked against the geometry.
@@ -25,7 +25,7 @@ import sys
 import bpy
 import numpy as np
 import blender_worker as bw
-from blender_worker import passes as P
+from blender_worker.id_render import amodal_masks
 
 out_path = sys.argv[-1]
 for ob in list(bpy.data.objects):
@@ -44,7 +44,7 @@ cam.look_at(look_at=(0, 0, 0), look_from=(1.0, -6.0, 1.5))
 out = r.render(passes=("rgba", "depth", "instance"))
 objs = [a, b]
 res = dict(out, **cam.object_poses(objs), K=cam.K, extrinsics=cam.extrinsics_opencv(),
-           amodal_masks=P.amodal_masks(objs, r._dir + "/amodal.exr"))
+           amodal_masks=amodal_masks(objs, r._dir + "/amodal.exr"))
 res["instance_after"] = r.render(passes=("instance",))["instance"]  # hide_render restored
 np.savez(out_path, **res)
 """
