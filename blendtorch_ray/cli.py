@@ -58,7 +58,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="run a benchmark script from benchmarks/ (source checkout)")
-    p.add_argument("name", help="benchmark name, e.g. transport, render, startup, memory, replay, env_steps, passes")
+    p.add_argument("name", help="benchmark name, e.g. transport, render, startup, memory, replay, env_steps, passes; all: every README benchmark in one sequential run into benchmarks/RESULTS.md")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
     p.set_defaults(func=cmd_bench)
 
