@@ -17,7 +17,7 @@ import numpy as np
 from blendtorch_ray.shm_ring import ring_block
 
 
-def make_loader(dataset: Any, batch_size: int = 8, num_workers: int = 0, **kwargs: Any) -> Any:
+def make_loader(dataset: Any, batch_size: int = 8, num_workers: int = 0, device: Any = None, **kwargs: Any) -> Any:
     """A ``torch.utils.data.DataLoader`` over a stream, whose workers can use Ray.
 
     Batches with `blendtorch_ray.loader.collate`. With ``num_workers > 0`` the workers
@@ -28,11 +28,22 @@ def make_loader(dataset: Any, batch_size: int = 8, num_workers: int = 0, **kwarg
         dataset: A `blendtorch_ray.dataset.RemoteIterableDataset` (any dataset works).
         batch_size: Items per batch.
         num_workers: DataLoader worker processes; 0 reads in this process.
+        device: None (default): batches stay in host memory. A device (``"cuda"``,
+            ``"cuda:1"``, ``"cpu"``): batches arrive with every tensor on it, the next batch
+            copied to a CUDA device on a side stream while the trainer uses the current one
+            (`blendtorch_ray.prefetch.DevicePrefetcher`); ``pin_memory`` then defaults to True
+            for CUDA devices.
         **kwargs: Further ``DataLoader`` arguments; ``collate_fn``,
-            ``multiprocessing_context`` and ``persistent_workers`` override the defaults.
+            ``multiprocessing_context``, ``persistent_workers`` and ``pin_memory`` override
+            the defaults.
 
     Returns:
-        The ``torch.utils.data.DataLoader``.
+        The ``torch.utils.data.DataLoader``; with ``device``, a
+        `blendtorch_ray.prefetch.DevicePrefetcher` over it.
+
+    Raises:
+        ValueError: ``device`` is not a device torch knows.
+        RuntimeError: ``device`` is a CUDA device that this torch or machine does not have.
 
     Example:
         Two workers, each reading its share of the instances::
@@ -42,11 +53,22 @@ def make_loader(dataset: Any, batch_size: int = 8, num_workers: int = 0, **kwarg
     """
     from torch.utils.data import DataLoader
 
+    prefetcher = None
+    if device is not None:
+        from blendtorch_ray.prefetch import DevicePrefetcher
+
+        prefetcher = DevicePrefetcher((), device)  # checks the device before any worker starts
+        if prefetcher.asynchronous:
+            kwargs.setdefault("pin_memory", True)  # page-locked: usable by every GPU of the process
     kwargs.setdefault("collate_fn", collate)
     if num_workers > 0:
         kwargs.setdefault("multiprocessing_context", "forkserver")
         kwargs.setdefault("persistent_workers", False)
-    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, **kwargs)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, **kwargs)
+    if prefetcher is not None:
+        prefetcher.batches = loader
+        return prefetcher
+    return loader
 
 
 def collate(batch: list) -> Any:
