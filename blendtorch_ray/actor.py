@@ -24,6 +24,7 @@ import ray
 from blendtorch_ray.batcher import batches
 from blendtorch_ray.blender import find_blender
 from blendtorch_ray.config import LaunchConfig
+from blendtorch_ray.egl import egl_environment
 from blendtorch_ray.health import InstanceHealth
 from blendtorch_ray.metrics import InstanceMetrics
 from blendtorch_ray.relay import RING_SPARE_SLOTS, Relay
@@ -37,12 +38,15 @@ EXIT_TERMINATE_S = 1.0
 
 
 def _gpu_environment(config: LaunchConfig) -> dict:
-    """The config's environment for Blender, plus this actor's GPUs (``CUDA_VISIBLE_DEVICES``)."""
+    """The config's environment for Blender, plus this actor's GPUs (``CUDA_VISIBLE_DEVICES``
+    for Cycles, the EGL device shim for Eevee and Workbench: `blendtorch_ray.egl`)."""
     env = dict(config.env)
     if config.placement.num_gpus:
         ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in ids)
         env["BLENDTORCH_GPU_IDS"] = env["CUDA_VISIBLE_DEVICES"]
+        if not config.ui:  # a window draws through its X server's GL; headless through EGL
+            env.update(egl_environment([str(i) for i in ids], env))
     return env
 
 
