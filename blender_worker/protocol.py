@@ -55,6 +55,13 @@ class EnvCommand:
     """-> an (H, W, 3) uint8 frame."""
     CLOSE = "close"
     """End the env's loop; Blender exits."""
+    VECTOR_RESET = "vreset"
+    """Vector env (``blender_worker.vector_env``): ``{"cmd", "seed", "options"}`` -> ``(obs, info)``,
+    ``obs`` one array with the sub-envs along axis 0."""
+    VECTOR_STEP = "vstep"
+    """Vector env: ``{"cmd", "actions"}`` (one array, sub-envs along axis 0) -> ``(obs, rewards,
+    terminations, truncations, info)``, each one array of ``num_envs`` rows (gymnasium's
+    next-step autoreset: a sub-env that ended is reset by the next step, which ignores its action)."""
 
 
 # -- reserved item keys ----------------------------------------------------------------------
@@ -233,6 +240,8 @@ class EnvArgs:
     """Free-running simulation instead of one frame per step (``--btrealtime``)."""
     real_time_fps: Optional[float] = None
     """Frames per second in real-time mode (``--btfps``); None = the scene's frame rate."""
+    num_envs: Optional[int] = None
+    """Sub-envs of a vector env in this one Blender (``--btnumenvs``); None: a single env."""
 
     def to_argv(self) -> list[str]:
         """The env flags, as ``parse_env_args`` reads them back.
@@ -243,6 +252,8 @@ class EnvArgs:
         argv = ["--btrealtime"] if self.real_time else []
         if self.real_time and self.real_time_fps:
             argv += ["--btfps", str(self.real_time_fps)]
+        if self.num_envs is not None:
+            argv += ["--btnumenvs", str(self.num_envs)]
         return argv
 
 
@@ -260,5 +271,6 @@ def parse_env_args(argv: Optional[Sequence[str]] = None) -> tuple[LaunchArgs, En
     parser = argparse.ArgumentParser(prog="blender_worker.env", add_help=False)
     parser.add_argument("--btrealtime", action="store_true")
     parser.add_argument("--btfps", type=float, default=None)
+    parser.add_argument("--btnumenvs", type=int, default=None)
     args, rest = parser.parse_known_args(remainder)
-    return launch, EnvArgs(real_time=args.btrealtime, real_time_fps=args.btfps), list(rest)
+    return launch, EnvArgs(real_time=args.btrealtime, real_time_fps=args.btfps, num_envs=args.btnumenvs), list(rest)

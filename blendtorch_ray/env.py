@@ -92,7 +92,7 @@ class EnvConfig(BlenderSpec):
 class _Connection:
     """One Blender process and the REQ socket that talks to it."""
 
-    def __init__(self, config: EnvConfig, epoch: int) -> None:
+    def __init__(self, config: EnvConfig, epoch: int, num_envs: Optional[int] = None) -> None:
         self.config = config
         self.dir = PrivateDir(prefix=owned_prefix(f"env{config.btid}"))
         self.ctx = zmq.Context.instance()
@@ -105,7 +105,7 @@ class _Connection:
         self.log_path = os.path.join(log_dir, f"env-{config.btid}-{epoch}-{os.getpid()}.log")
         args = LaunchArgs(btid=config.btid, seed=config.seed, epoch=epoch, control_address=self.address,
                           parent_pid=os.getpid()).to_argv()
-        args += EnvArgs(real_time=config.real_time, real_time_fps=config.real_time_fps).to_argv()
+        args += EnvArgs(real_time=config.real_time, real_time_fps=config.real_time_fps, num_envs=num_envs).to_argv()
         try:
             self.proc = BlenderProcess(
                 find_blender(config.blender, ui=config.ui), config.script, config.scene,

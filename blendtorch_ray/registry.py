@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 GYM_ENVS = {
-    "blendtorch/CartPole-v0": {"entry_point": "blendtorch_ray.envs:CartPoleEnv", "max_episode_steps": None},
+    "blendtorch/CartPole-v0": {"entry_point": "blendtorch_ray.envs:CartPoleEnv", "max_episode_steps": None,
+                               "vector_entry_point": "blendtorch_ray.envs:CartPoleVectorEnv"},
     "blendtorch/Counter-v0": {"entry_point": "blendtorch_ray.envs:CounterEnv"},
 }
 """Env id -> ``gymnasium.register`` keyword arguments."""
