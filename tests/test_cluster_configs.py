@@ -79,6 +79,23 @@ def test_render_nodes_advertise_the_blender_resource(path):
         assert any(n > 0 for name, n in slots.items() if name != head), slots
 
 
+@pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
+def test_cloud_configs_have_gpu_render_nodes_that_can_draw_on_the_gpu(name):
+    """A GPU node type per cloud config: it declares GPU and blender slots 1:1, runs Ray's CUDA
+    image, gets the GPU and the driver's EGL library in its container ("graphics"), and the
+    nodes install what the EGL device shim is built with."""
+    prepared = prepare_config(copy.deepcopy(_load(CONFIG_DIR / name)))
+    gpu_types = {n: t for n, t in prepared["available_node_types"].items() if t["resources"].get("GPU")}
+    assert list(gpu_types) == ["render_gpu"], gpu_types
+    t = gpu_types["render_gpu"]
+    assert t["resources"]["blender"] == t["resources"]["GPU"] == 1 and t["resources"]["CPU"] >= 2
+    assert t["docker"]["worker_image"].endswith("-py311-gpu")
+    options = " ".join(t["docker"]["worker_run_options"])
+    assert "--gpus all" in options and "NVIDIA_DRIVER_CAPABILITIES=compute,utility,graphics" in options
+    setup = " ".join(prepared["setup_commands"])
+    assert "gcc" in setup and "libegl-dev" in setup and "libegl1" in setup
+
+
 def test_local_provider_rejects_available_node_types():
     """Why the on-prem config advertises `blender` in `ray start` instead of node types."""
     config = _load(CONFIG_DIR / "onprem.yaml")
