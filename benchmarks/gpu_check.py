@@ -11,6 +11,8 @@ Run it through ``bash scripts/gpu_check.sh`` (set-up plus a 300 s ``timeout``). 
   driver received (``health().fps``, summed over the instances).
 * device: what each instance reported (``health().render_device``, Cycles backend and devices,
   or the GL renderer).
+* EGL device: the ``BLENDTORCH_EGL_DEVICE`` each instance got (``blendtorch_ray.egl``); with one
+  Blender per GPU, Eevee and Workbench instances must each have their own.
 
 Exit codes: 0 GPUs found and every GPU instance rendered on a GPU; 1 an instance that was given
 a GPU rendered on the CPU (or an instance failed); 2 no GPU on this machine (CPU rows only:
@@ -37,6 +39,7 @@ EXIT_OK, EXIT_CPU_FALLBACK, EXIT_NO_GPU = 0, 1, 2
 
 SCENE = textwrap.dedent(
     """
+    import os
     import time
     import bpy
     import blender_worker as bw
@@ -51,7 +54,7 @@ SCENE = textwrap.dedent(
             cube.rotation_euler[2] += 0.2
         t = time.perf_counter()
         out = r.render()
-        pub.publish(image=out["image"], render_s=time.perf_counter() - t)
+        pub.publish(image=out["image"], render_s=time.perf_counter() - t, egl=os.environ.get("BLENDTORCH_EGL_DEVICE"))
     pub.close()
     """
 )
@@ -90,8 +93,9 @@ def run(script: str, engine: str, device: str, samples: int, frames: int, instan
         health = bl.health()
     render = [i["render_s"] for i in items if i["seq"] > 0] or [i["render_s"] for i in items]
     s_frame = statistics.median(render)
+    egl = {i["btid"]: i["egl"] for i in items}
     return {"s_frame": s_frame, "render_fps": instances / s_frame, "stream_fps": sum(h.fps for h in health),
-            "health": health, "wall": time.perf_counter() - t0}
+            "health": health, "egl": [egl.get(h.btid) for h in health], "wall": time.perf_counter() - t0}
 
 
 def main(argv=None) -> int:
@@ -131,16 +135,21 @@ def main(argv=None) -> int:
                     r = run(script, engine, device, spp, frames, instances, num_gpus, size, a.timeout)
                 except Exception as exc:  # noqa: BLE001 - one failed row is reported, the rest still runs
                     failures.append(f"{engine} {label}: {type(exc).__name__}: {str(exc).splitlines()[0]}")
-                    rows.append([engine, label, instances, "FAILED", "-", "-", type(exc).__name__])
+                    rows.append([engine, label, instances, "FAILED", "-", "-", type(exc).__name__, "-"])
                     continue
                 devs = [device_of(h) for h in r["health"]]
                 if num_gpus and any(h.render_device != "GPU" for h in r["health"]):
                     failures.append(f"{engine} {label}: an instance given a GPU rendered on "
                                     f"{', '.join(sorted(set(devs)))}")
+                if num_gpus >= 1 and engine != "cycles":
+                    # One Blender per GPU: each must draw through the EGL shim on its own device.
+                    if None in r["egl"] or len(set(r["egl"])) != len(r["egl"]):
+                        failures.append(f"{engine} {label}: EGL devices {r['egl']} (want one distinct device "
+                                        "per instance: see blendtorch_ray/egl.py and the blendtorch-egl line in the logs)")
                 rows.append([engine, label, instances, r["s_frame"], r["render_fps"], r["stream_fps"],
-                             "; ".join(sorted(set(devs)))])
+                             "; ".join(sorted(set(devs))), ", ".join(sorted({str(e) for e in r["egl"]}))])
                 print(f"  done: {engine} {label} ({r['wall']:.0f}s)", flush=True)
-    print(table(["engine", "run", "instances", "s/frame", "render-only fr/s", "stream fr/s", "device used"], rows,
+    print(table(["engine", "run", "instances", "s/frame", "render-only fr/s", "stream fr/s", "device used", "EGL device"], rows,
                 title=f"GPU check: {size[0]}x{size[1]}, Cycles {samples} spp"))
     for f in failures:
         print(f"FAIL {f}")
