@@ -70,7 +70,7 @@ def test_doctor_lists_render_devices_and_gl_renderer_per_blender():
     """Per Blender found: Cycles' compute devices per backend and the GL renderer (this machine:
     no GPU, Mesa's software GL), and the GPU advice that follows from them."""
     from blender_worker.devices import BACKENDS
-    from blendtorch_ray.doctor import gpu_driver
+    from blendtorch_ray.doctor_gpu import gpu_driver
 
     env = {k: v for k, v in os.environ.items() if k != "BLENDTORCH_BLENDER"}
     proc = subprocess.run([*CLI, "--engines", "workbench"], capture_output=True, text=True, timeout=600,
