@@ -19,6 +19,7 @@ driver puts the launch flags there, followed by the user's per-instance argument
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
@@ -88,6 +89,23 @@ def check_item_keys(keys: Iterable[str]) -> None:
         )
 
 
+def item_seed(seed: int, seq: int) -> int:
+    """The seed of item ``seq`` of a stream whose seed is ``seed``: a pure function, the one
+    definition of per-item seeds (``DataPublisher.item_seed`` / ``rng()`` use it in Blender;
+    ``blendtorch_ray.resume`` documents how it makes items reproducible).
+
+    Args:
+        seed: The stream seed (``LaunchArgs.seed``, the ``seed`` of every item).
+        seq: The item's sequence number (its ``seq``).
+
+    Returns:
+        The first 63 bits of ``blake2b(f"{seed}:{seq}")``: the same on every machine,
+        Python and numpy version.
+    """
+    digest = hashlib.blake2b(f"{int(seed)}:{int(seq)}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 # -- duplex payload keys --------------------------------------------------------------------
 MSG_ID = "btmsgid"
 """Reserved duplex payload key carrying the message id."""
@@ -107,9 +125,13 @@ class LaunchArgs:
     btid: int
     """Instance id, unique within a launch (0..N-1). Flag ``--btid``."""
     seed: int
-    """Seed for this instance (base seed + btid, re-derived on every restart epoch). ``--btseed``."""
+    """Stream seed of this instance (base seed + btid; kept across restarts unless
+    ``SupervisionConfig.reseed_on_restart``). Item ``seq`` uses ``item_seed(seed, seq)``. ``--btseed``."""
     epoch: int = 0
     """Restart epoch: 0 on first start, +1 each time the supervisor restarts this instance."""
+    start_seq: int = 0
+    """``seq`` of the first item this process publishes (a restarted or resumed instance goes
+    on with its sequence). Flag ``--btseq``."""
     data_address: Optional[str] = None
     """ZeroMQ address of the actor's PULL socket that ``DataPublisher`` connects to."""
     control_address: Optional[str] = None
@@ -135,6 +157,8 @@ class LaunchArgs:
             The list of command-line arguments, e.g. ``["--btid", "0", "--btseed", "7", ...]``.
         """
         argv = ["--btid", str(self.btid), "--btseed", str(self.seed), "--btepoch", str(self.epoch)]
+        if self.start_seq:
+            argv += ["--btseq", str(self.start_seq)]
         if self.data_address:
             argv += ["--btdata", self.data_address]
         if self.control_address:
@@ -203,6 +227,7 @@ def parse_launch_args(argv: Optional[Sequence[str]] = None) -> tuple[LaunchArgs,
     parser.add_argument("-btid", "--btid", type=int, required=True)
     parser.add_argument("-btseed", "--btseed", type=int, required=True)
     parser.add_argument("-btepoch", "--btepoch", type=int, default=0)
+    parser.add_argument("-btseq", "--btseq", type=int, default=0)
     parser.add_argument("-btdata", "--btdata", default=None)
     parser.add_argument("-btcontrol", "--btcontrol", default=None)
     parser.add_argument("-btparent", PARENT_FLAG, type=int, default=0)
@@ -215,6 +240,7 @@ def parse_launch_args(argv: Optional[Sequence[str]] = None) -> tuple[LaunchArgs,
         btid=args.btid,
         seed=args.btseed,
         epoch=args.btepoch,
+        start_seq=args.btseq,
         data_address=args.btdata,
         control_address=args.btcontrol,
         parent_pid=args.btparent,

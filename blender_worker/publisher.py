@@ -12,7 +12,7 @@ from typing import Any, Optional
 import zmq
 
 from blender_worker import codec
-from blender_worker.protocol import KIND_END, KIND_INFO, KIND_READY, LaunchArgs, check_item_keys
+from blender_worker.protocol import KIND_END, KIND_INFO, KIND_READY, LaunchArgs, check_item_keys, item_seed
 
 ACK_POLL_S = 0.02
 """Seconds between two looks for the actor's acknowledgement file when the publisher closes."""
@@ -38,8 +38,11 @@ class DataPublisher:
 
     ``publish(**items)`` blocks when the actor's queue is full (high-water mark), so a slow
     consumer slows Blender down instead of growing memory. Every item gets ``btid``,
-    ``seq`` (per-instance sequence number), ``seed``, ``epoch`` and ``generation`` (see
-    ``blender_worker.duplex``) added. Creating it sends the readiness handshake the
+    ``seq`` (per-instance sequence number, from ``launch.start_seq`` on), ``seed`` (the
+    stream seed), ``epoch`` and ``generation`` (see ``blender_worker.duplex``) added. Draw
+    the randomness of each item from `rng` (or seed your own generator with `item_seed`):
+    the item is then reproducible from its ``(seed, btid, seq)`` alone, whatever restarts
+    happened (see ``blendtorch_ray.resume``). Creating it sends the readiness handshake the
     supervising actor waits for; closing it (also at exit) sends an end marker and waits
     until the actor has read everything.
 
@@ -69,7 +72,8 @@ class DataPublisher:
             )
         self.launch = launch
         self.btid = launch.btid
-        self.seq = 0
+        self.seq = launch.start_seq
+        """``seq`` of the next item (``launch.start_seq`` at first)."""
         self.generation = 0
         """Tagged on every item; a DuplexChannel sets it to the last received message's generation."""
         self._codec = launch.codec
@@ -109,6 +113,24 @@ class DataPublisher:
         )
         atexit.register(self.close)
         _OPEN.add(self)
+
+    @property
+    def item_seed(self) -> int:
+        """The seed of the next item: ``blender_worker.protocol.item_seed(seed, seq)``."""
+        return item_seed(self.launch.seed, self.seq)
+
+    def rng(self) -> Any:
+        """A numpy generator for the next item's randomness, seeded with `item_seed`.
+
+        Call it once per item before randomising the scene (e.g. in ``pre_frame``); an item
+        rendered again from its ``(seed, btid, seq)`` then gets the same draws.
+
+        Returns:
+            ``numpy.random.default_rng(self.item_seed)``.
+        """
+        import numpy as np
+
+        return np.random.default_rng(self.item_seed)
 
     def writable(self) -> bool:
         """Whether ``publish`` of one item would not wait now.
@@ -163,7 +185,8 @@ class DataPublisher:
         self._send_info()
         # End marker: tells the actor that every item of this epoch has been sent.
         self._sock.send_multipart(
-            codec.encode({"count": self.seq, "epoch": self.launch.epoch}, codec="json", kind=KIND_END)
+            codec.encode({"count": self.seq - self.launch.start_seq, "epoch": self.launch.epoch}, codec="json",
+                         kind=KIND_END)
         )
         self._wait_for_ack()
         if linger_ms is not None:

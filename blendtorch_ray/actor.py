@@ -28,6 +28,7 @@ from blendtorch_ray.egl import egl_environment
 from blendtorch_ray.health import InstanceHealth
 from blendtorch_ray.metrics import InstanceMetrics
 from blendtorch_ray.relay import RING_SPARE_SLOTS, Relay
+from blendtorch_ray.resume import group_identity, reposition
 from blendtorch_ray.supervisor import Supervisor
 from blendtorch_ray.transport import sweep_stale_dirs
 
@@ -95,7 +96,7 @@ class BlenderActor:
                 "node_id": ray.get_runtime_context().get_node_id()}
 
     @ray.method(concurrency_group="stream")
-    def stream(self, ring: bool = False) -> Iterator[Any]:
+    def stream(self, ring: bool = False, start: Optional[tuple] = None) -> Iterator[Any]:
         """Yield batches (lists of item dicts) until the instance finishes (exit code 0).
 
         Use with ``.options(_generator_backpressure_num_objects=...)``.
@@ -103,6 +104,9 @@ class BlenderActor:
         Args:
             ring: The consumer is on this node: the first object names a shared-memory ring
                 and the batches that follow are descriptors of its slots (see ``shm_ring``).
+            start: ``(stream seed, seq)`` of the first item to yield; Blender starts there
+                again unless it is where it stands (`blendtorch_ray.resume.reposition`).
+                None: go on where it is.
 
         Yields:
             The ring header (with ``ring``), then one object per batch.
@@ -110,6 +114,7 @@ class BlenderActor:
         Raises:
             BlenderCrashedError: Blender crashed once more than ``max_restarts`` allows.
         """
+        reposition(self.sup, start)
         stream = self.config.stream
         relay = Relay.open(self.sup.receiver, self.sup.mem_dir, ring, stream.max_batches_in_flight + RING_SPARE_SLOTS,
                            int(stream.ring_slot_mb * 2**20))
@@ -148,6 +153,15 @@ class BlenderActor:
             "actor_pid": os.getpid(),
             "blender_pid": self.sup.process.pid,
         }
+
+    @ray.method(concurrency_group="control")
+    def identity(self) -> dict:
+        """What a checkpoint of this group's stream belongs to.
+
+        Returns:
+            `blendtorch_ray.resume.group_identity` of the group's config.
+        """
+        return group_identity(self.config)
 
     @ray.method(concurrency_group="control")
     def log_tail(self, max_lines: int = 30) -> str:

@@ -127,6 +127,12 @@ class SupervisionConfig:
     """Restart Blender (transparently, between items) after this many items per process."""
     recycle_rss_mb: Optional[float] = None
     """Restart Blender (transparently) when its resident memory passes this many MiB."""
+    reseed_on_restart: bool = False
+    """False (default): a restarted or recycled Blender goes on with its sequence (the next
+    ``seq``, the same stream seed), so every item stays reproducible from ``(seed, btid,
+    seq)`` and items lost in the crash are rendered again. True: it starts a fresh seed
+    epoch instead (stream seed ``LaunchConfig.seed_for(btid, epoch)``, ``seq`` from 0), e.g.
+    for a scene that crashes on some seeds. See blendtorch_ray/resume.py."""
     prestart: bool = True
     """Local mode: when the launcher starts Ray itself, start Blender at the same time and let
     the actors adopt those processes (see blendtorch_ray/prestart.py). Ignored on clusters,
@@ -141,6 +147,8 @@ class SupervisionConfig:
         v.non_negative("restart_backoff", self.restart_backoff, owner=own, unit="seconds", example=0.5)
         v.optional_positive_int("recycle_after_items", self.recycle_after_items, owner=own, example=10_000)
         v.optional_positive("recycle_rss_mb", self.recycle_rss_mb, owner=own, unit="MiB", example=4096)
+        if not isinstance(self.reseed_on_restart, bool):
+            raise TypeError(f"{own}(reseed_on_restart={self.reseed_on_restart!r}): must be True or False")
 
 
 @dataclass
@@ -241,7 +249,8 @@ class LaunchConfig(BlenderSpec):
     instance_args: Optional[Sequence[Sequence[str]]] = None
     """Per-instance extra command line arguments for the script (one list per instance)."""
     seed: int = 0
-    """Base seed; instance ``btid`` in restart epoch ``e`` gets ``seed + btid + 100003 * e``."""
+    """Base seed; instance ``btid`` streams with seed ``seed + btid`` (``seed_for``), its item
+    ``seq`` draws from ``item_seed(seed + btid, seq)`` (see blendtorch_ray/resume.py)."""
     name: Optional[str] = None
     """Group name; actors are named ``{name}/{btid}`` in ``namespace`` so others can attach."""
     namespace: str = "blendtorch"
@@ -252,6 +261,10 @@ class LaunchConfig(BlenderSpec):
     """How instances are started and kept alive."""
     stream: StreamConfig = field(default_factory=StreamConfig)
     """How items travel (batching, backpressure, shared memory, codec)."""
+    resume_from: Optional[dict] = None
+    """A ``RemoteIterableDataset.state_dict()``: each instance starts at the next item of that
+    state (its stream seed and ``seq``) instead of ``seq`` 0; the group takes the state's
+    name unless ``name`` is given. Checked against this config (blendtorch_ray/resume.py)."""
 
     def __post_init__(self) -> None:
         own = "LaunchConfig"
@@ -266,6 +279,10 @@ class LaunchConfig(BlenderSpec):
         for name, cls in _GROUPS.items():
             if not isinstance(getattr(self, name), cls):
                 raise TypeError(f"LaunchConfig({name}={getattr(self, name)!r}): must be a {cls.__name__}")
+        if self.resume_from is not None:
+            from blendtorch_ray.resume import check_launch_state
+
+            self.name = check_launch_state(self.resume_from, self)
 
     @classmethod
     def of(cls, **options: Any) -> "LaunchConfig":

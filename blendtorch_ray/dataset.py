@@ -9,6 +9,9 @@ skipped; workers beyond the number of instances read nothing, and ``max_items`` 
 over the workers that read, so exactly ``max_items`` items arrive in every layout. Workers must be started with
 ``multiprocessing_context="spawn"`` or ``"forkserver"`` (a forked child cannot use the
 parent's Ray connection); ``make_loader`` sets that up.
+
+A stream the dataset opens starts where it knows the instance stands (stream seed and next
+``seq``), so none is skipped or repeated, across checkpoints too (blendtorch_ray/resume.py).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from blendtorch_ray.errors import BlendtorchError, StreamTimeout, own_errors
 from blendtorch_ray.loader import collate, make_loader  # noqa: F401 - re-exported here too
+from blendtorch_ray.resume import advance, check_state, make_state, provenance
 from blendtorch_ray.runtime import actor_name, ensure_ray, gcs_address
 from blendtorch_ray.shm_ring import ShmRing, is_ring_batch, is_ring_header
 
@@ -112,9 +116,16 @@ class RemoteIterableDataset(IterableDataset):
             (the DataLoader worker). False: yield them encoded (a 1-D uint8 array per key
             and a ``blender_worker.compress.MARKER`` entry; decode later with
             ``blender_worker.compress.decode_item``).
+        identity: What a checkpoint of this stream belongs to
+            (`blendtorch_ray.resume.group_identity`); None: asked from the group's actors
+            when needed.
 
     Raises:
         ValueError: A count or time is out of range, or a ``btid`` is not in the group.
+
+    Checkpoints (torchdata's ``StatefulDataLoader`` convention): `state_dict` /
+    `load_state_dict`; with a plain DataLoader and workers, also `mark_consumed` (see
+    blendtorch_ray/resume.py, "DataLoader workers").
 
     Example:
         What ``bl.dataset(max_items=1000)`` makes, for a running launcher ``bl``::
@@ -138,6 +149,7 @@ class RemoteIterableDataset(IterableDataset):
         reconnect_timeout: float = 120.0,
         shared_memory_ring: bool = False,
         decode: bool = True,
+        identity: Optional[dict] = None,
     ) -> None:
         super().__init__()
         from blendtorch_ray import validation
@@ -166,6 +178,9 @@ class RemoteIterableDataset(IterableDataset):
         self.shared_memory_ring = shared_memory_ring
         self.decode = decode
         self._address = gcs_address() if ray.is_initialized() else None
+        self._identity = identity
+        self._positions: dict = {}
+        """``{btid: (stream seed, next seq)}`` of the streams this dataset read or loaded."""
         self._creator_pid = os.getpid()
 
     def __len__(self) -> int:
@@ -198,7 +213,7 @@ class RemoteIterableDataset(IterableDataset):
         if not btids or budget == 0:
             return
         actors = {b: ray.get_actor(actor_name(self.group, b), namespace=self.namespace) for b in btids}
-        gens = {self._open_stream(actors[b]): b for b in btids}
+        gens = {self._open_stream(actors[b], b): b for b in btids}
         # Fair start: give every stream a moment to deliver its first object, so that the
         # round-robin below starts with all instances instead of draining the backlog of
         # the one whose stream happened to open first.
@@ -243,6 +258,8 @@ class RemoteIterableDataset(IterableDataset):
                     gens[self._reconnect(actors[b], b, exc)] = b
                     continue
                 for item in batch:
+                    if "seq" in item:
+                        advance(self._positions, item["btid"], item["seed"], item["seq"])
                     if decode_item is not None and MARKER in item:
                         item = decode_item(item)
                     if recorder is not None:
@@ -297,16 +314,62 @@ class RemoteIterableDataset(IterableDataset):
                     ) from exc
                 time.sleep(RECONNECT_RETRY_S)
         log.warning("instance %d of %r is back on node %s (epoch %s)", btid, self.group, info.get("node_id"), info.get("epoch"))
-        return self._open_stream(actor)
+        return self._open_stream(actor, btid)
 
-    def _open_stream(self, actor: Any) -> Any:
-        """Start the actor's batch generator; through the shared-memory ring if asked for
-        and the actor runs on this node."""
+    def _open_stream(self, actor: Any, btid: int) -> Any:
+        """Start the actor's batch generator at this dataset's position of ``btid`` (if it has
+        one); through the shared-memory ring if asked for and the actor runs on this node."""
         ring = False
         if self.shared_memory_ring:
             node = ray.get(actor.endpoints.remote()).get("node_id")
             ring = node == ray.get_runtime_context().get_node_id()
-        return actor.stream.options(_generator_backpressure_num_objects=self.max_batches_in_flight).remote(ring)
+        start = self._positions.get(btid)
+        return actor.stream.options(_generator_backpressure_num_objects=self.max_batches_in_flight).remote(ring, start)
+
+    # -- checkpoints (blendtorch_ray/resume.py) ------------------------------------------
+    def state_dict(self) -> dict:
+        """Where each instance's stream stands, for a checkpoint.
+
+        Returns:
+            A plain dict (``torch.save`` / JSON-able): ``version``, what it belongs to
+            (group, script, base seed, number of instances) and ``positions``: per ``btid``,
+            the stream seed and the next ``seq`` to consume.
+        """
+        return make_state(self._group_identity(), self._positions)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Go on from a checkpoint: each stream opened from now on starts at the state's
+        position of its instance (items in flight when it was taken are rendered again).
+
+        Args:
+            state: What `state_dict` returned (e.g. in an earlier run).
+
+        Raises:
+            ResumeError: ``state`` is not a state dict, comes from a newer version of
+                blendtorch-ray, or from another group or script (the message names what
+                differs).
+        """
+        positions = check_state(state, self._group_identity(), owner="RemoteIterableDataset.load_state_dict")
+        self._positions.update({b: p for b, p in positions.items() if b in self.btids})
+
+    def mark_consumed(self, batch: Any) -> None:
+        """Record that the training loop took these items (with a plain DataLoader and workers).
+
+        Args:
+            batch: A collated batch (with ``seed``, ``btid`` and ``seq``), or a list of items.
+
+        Raises:
+            ResumeError: The batch has no ``seed``/``btid``/``seq``.
+        """
+        for seed, btid, seq in provenance(batch):
+            advance(self._positions, btid, seed, seq)
+
+    def _group_identity(self) -> dict:
+        if self._identity is None:
+            ensure_ray(address=self._address, namespace=self.namespace)
+            actor = ray.get_actor(actor_name(self.group, self.btids[0]), namespace=self.namespace)
+            self._identity = ray.get(actor.identity.remote(), timeout=DIAGNOSE_TIMEOUT_S)
+        return self._identity
 
     def _timeout_error(self, actors: dict, waiting: list[int]) -> StreamTimeout:
         lines, tails = [], []

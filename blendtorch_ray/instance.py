@@ -11,31 +11,35 @@ from typing import Optional
 from blender_worker.protocol import LaunchArgs
 from blender_worker.slots import SlotFile
 from blendtorch_ray.config import LaunchConfig
+from blendtorch_ray.resume import Position, check_state
 from blendtorch_ray.transport import PrivateDir, has_shared_memory_room, memory_dir, owned_prefix
 
 
 def blender_args(config: LaunchConfig, btid: int, epoch: int, data_address: str, control_address: str,
-                 parent_pid: int, ack_path: str, slots: Optional[SlotFile]) -> list[str]:
+                 parent_pid: int, ack_path: str, slots: Optional[SlotFile], start: Optional[Position] = None) -> list[str]:
     """The command line of one Blender instance after ``--``.
 
     Args:
         config: The group's configuration.
         btid: Instance id.
-        epoch: Restart epoch (selects the seed).
+        epoch: Restart epoch.
         data_address: Where ``DataPublisher`` connects.
         control_address: Where the duplex channel connects.
         parent_pid: The supervising process; Blender exits when it goes away.
         ack_path: Prefix of the end-marker acknowledgement files.
         slots: The shared-memory slot file of this process, or None.
+        start: ``(stream seed, first seq)``; None: `blendtorch_ray.resume.start_position`.
 
     Returns:
         The launch flags (``blender_worker.protocol.LaunchArgs``), then the user's instance
         arguments.
     """
+    seed, start_seq = start if start is not None else start_position(config, btid, epoch)
     return LaunchArgs(
         btid=btid,
-        seed=config.seed_for(btid, epoch),
+        seed=seed,
         epoch=epoch,
+        start_seq=start_seq,
         data_address=data_address,
         control_address=control_address,
         parent_pid=parent_pid,
@@ -101,3 +105,22 @@ def slot_file_for(config: LaunchConfig, directory: PrivateDir, epoch: int) -> Op
         return None
     return SlotFile(directory.join(f"slots-{epoch}-{time.monotonic_ns()}"),
                     slots=stream.slots_per_instance, slot_bytes=int(stream.item_slot_mb * 2**20), create=True)
+
+
+def start_position(config: LaunchConfig, btid: int, epoch: int) -> Position:
+    """Where instance ``btid`` starts: the checkpoint's position (``resume_from``) in the first
+    epoch, else seq 0 of the epoch's stream seed.
+
+    Args:
+        config: The group's `blendtorch_ray.config.LaunchConfig`.
+        btid: Instance id.
+        epoch: 0 on first start; a recreated actor starts a fresh seed epoch.
+
+    Returns:
+        ``(stream seed, first seq)``.
+    """
+    if epoch == 0 and config.resume_from is not None:
+        pos = check_state(config.resume_from, None, owner="LaunchConfig(resume_from=...)").get(btid)
+        if pos is not None:
+            return pos
+    return config.seed_for(btid, epoch), 0

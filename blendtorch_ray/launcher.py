@@ -273,7 +273,10 @@ class BlenderLauncher:
             reconnect_timeout=options.get("reconnect_timeout", 120.0),
         )
         if self.config is not None:
+            from blendtorch_ray.resume import group_identity
+
             options.setdefault("shared_memory_ring", self.config.stream.shared_memory_ring)
+            options.setdefault("identity", group_identity(self.config))
 
         if not self._started:
             self.start()

@@ -2,7 +2,7 @@
 crashes, recycle it before it leaks, and keep the figures ``health()`` reports.
 
 When Blender dies (non-zero exit or signal) the supervisor restarts it with the same ``btid``
-in a new seed epoch, up to ``max_restarts`` times with exponential backoff; a clean exit
+at the next ``seq`` (blendtorch_ray/resume.py), up to ``max_restarts`` times with exponential backoff; a clean exit
 (code 0) ends that instance's stream. Lives inside the actor (``blendtorch_ray.actor``);
 knows nothing of batches or Ray's generators (``blendtorch_ray.batcher``).
 """
@@ -24,7 +24,7 @@ from blendtorch_ray.config import LaunchConfig
 from blendtorch_ray.duplex import ControlEndpoint
 from blendtorch_ray.errors import BlenderCrashedError, BlenderStartError
 from blendtorch_ray.health import MAX_WARNINGS, InstanceHealth
-from blendtorch_ray.instance import blender_args, blender_environment, instance_dirs, slot_file_for
+from blendtorch_ray.instance import blender_args, blender_environment, instance_dirs, slot_file_for, start_position
 from blendtorch_ray.process import BlenderProcess
 from blendtorch_ray.transport import PrivateDir, ItemReceiver, has_shared_memory_room, shm_min_free
 
@@ -70,11 +70,11 @@ class Supervisor:
         self.receiver = ItemReceiver(self.dir if stream.transport == "ipc" else None, stream.transport,
                                      max_message_bytes=int(stream.max_message_mb * 2**20))
         self.control = ControlEndpoint(self.dir, stream.transport, stream.codec, btid)
-        self.lock = threading.Lock()
-        """Held while reading the socket (the stream and ``wait_ready`` run on different threads)."""
+        self.lock = threading.Lock()  # held while reading the socket (stream and wait_ready: two threads)
         self.retired: list[SlotFile] = []
         """Slot files of earlier Blender processes that consumers may still map."""
         self.epoch = epoch
+        self.stream_seed, self.next_seq = start_position(config, btid, epoch)  # next_seq: first not received
         self.restarts = 0
         self.recycles = 0
         self.lost = 0
@@ -109,7 +109,7 @@ class Supervisor:
             self.retired.append(old)
         slots = self.receiver.slots = slot_file_for(self.config, self.mem_dir, self.epoch)
         args = blender_args(self.config, self.btid, self.epoch, self.receiver.address, self.control.address,
-                            os.getpid(), self.dir.join("end-ack"), slots)
+                            os.getpid(), self.dir.join("end-ack"), slots, (self.stream_seed, self.next_seq))
         env = blender_environment(self._gpu_env, self.mem_dir)
         return BlenderProcess(self.blender, self.config.script, self.config.scene, args, self.log_path, env)
 
@@ -193,8 +193,10 @@ class Supervisor:
         self._next_epoch()
 
     def _next_epoch(self) -> None:
-        """Start a fresh Blender for the next epoch (new seed, same btid)."""
+        """Start a fresh Blender for the next epoch (same btid and sequence unless ``reseed_on_restart``)."""
         self.epoch += 1
+        if self.config.supervision.reseed_on_restart:
+            self.stream_seed, self.next_seq = self.config.seed_for(self.btid, self.epoch), 0
         self.ready = False
         self.process = self._spawn()
 
@@ -269,6 +271,8 @@ class Supervisor:
         kind = header.get("kind")
         if kind == KIND_ITEM and isinstance(obj, dict):
             self.count()
+            if obj.get("seed") == self.stream_seed and isinstance(obj.get("seq"), int):
+                self.next_seq = max(self.next_seq, obj["seq"] + 1)
             return header, obj
         self.receiver.release(header)
         if kind == KIND_READY:
