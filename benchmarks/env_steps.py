@@ -14,7 +14,11 @@ no rendering):
   push, alternating): a moving cart costs the physics more than a resting one;
 * the env: ``gymnasium.make("blendtorch/CartPole-v0", blender=...)``, driven by a balancing
   controller so that episodes are long (truncated at 500 steps); only ``step()`` is timed,
-  ``reset()`` separately.
+  ``reset()`` separately;
+* the vector env, N cartpoles in ONE Blender (``gymnasium.make_vec("blendtorch/CartPole-v0",
+  num_envs=N, vectorization_mode="vector_entry_point")``, ``--num-envs 1,8,64,256``), under
+  the same controller; steps/s count sub-env steps (one vector step of N = N steps), a window
+  has ``max(--steps // N, 50)`` vector steps.
 
 Windows of the floor and the env alternate (``--repeat`` of each, ``--steps`` steps per
 window) so that both see the same machine load; the table shows medians. Start-up is excluded.
@@ -34,6 +38,7 @@ import tempfile
 import time
 
 import gymnasium as gym
+import numpy as np
 import zmq
 
 import blendtorch_ray.envs  # noqa: F401 - registers the Blender envs
@@ -103,7 +108,10 @@ def process_cpu_ns(pid: int) -> int:
 
 
 def timed(runner, pid: int, steps: int) -> tuple[float, float, float]:
-    """One window: ``(steps/s, Blender CPU us/step (all threads), driver thread CPU us/step)``."""
+    """One window: ``(steps/s, Blender CPU us/step (all threads), driver thread CPU us/step)``;
+    a vector env's steps are its sub-env steps."""
+    if isinstance(runner, VectorEnv):
+        steps = runner.vector_steps(steps) * runner.num_envs
     blender0, driver0 = process_cpu_ns(pid), time.thread_time()
     rate = runner.window(steps)
     return rate, (process_cpu_ns(pid) - blender0) / steps / 1e3, (time.thread_time() - driver0) / steps * 1e6
@@ -152,6 +160,35 @@ class Floor:
         self.sock.close(0)
 
 
+class VectorEnv:
+    """``num_envs`` cartpoles in one Blender under the balancing controller; times ``step()``
+    (autoresets included, as RL sees them) and counts sub-env steps."""
+
+    def __init__(self, blender: str, num_envs: int) -> None:
+        self.num_envs = num_envs
+        self.env = gym.make_vec("blendtorch/CartPole-v0", num_envs=num_envs, vectorization_mode="vector_entry_point", blender=blender)
+        self.obs, _ = self.env.reset(seed=0)
+        self.gain = np.array([0.05, 0.1, 1.0, 0.3])
+
+    def vector_steps(self, steps: int) -> int:
+        """Vector steps in a window of ``steps`` (sub-env) steps."""
+        return max(steps // self.num_envs, 50)
+
+    def window(self, steps: int) -> float:
+        env, obs, clock, spent, gain = self.env, self.obs, time.perf_counter, 0.0, self.gain
+        n = self.vector_steps(steps)
+        for _ in range(n):
+            actions = (obs @ gain > 0).astype(np.int64)
+            t0 = clock()
+            obs, *_ = env.step(actions)
+            spent += clock() - t0
+        self.obs = obs
+        return n * self.num_envs / spent
+
+    def close(self) -> None:
+        self.env.close()
+
+
 class Env:
     """``blendtorch/CartPole-v0`` under a balancing controller; times ``step()`` and ``reset()``."""
 
@@ -178,29 +215,38 @@ class Env:
         self.env.close()
 
 
-def run_blender(blender: str, steps: int, repeat: int, tmp: str) -> dict:
+def run_blender(blender: str, steps: int, repeat: int, tmp: str, num_envs: list) -> dict:
     floor = Floor(blender, tmp)
-    pushed, env = None, None
+    pushed, env, vectors = None, None, {}
     try:
         pushed = Floor(blender, tmp, push=True)
         env = Env(blender)
-        for runner in (floor, pushed, env):
+        for n in num_envs:
+            vectors[f"vec{n}"] = VectorEnv(blender, n)
+        runners = {"floor": floor, "pushed": pushed, "env": env, **vectors}
+        for runner in runners.values():
             runner.window(min(steps, 500))  # warm-up
         env.resets.clear()
-        pids = {"floor": floor.proc.pid, "pushed": pushed.proc.pid, "env": env.env.unwrapped.pid}
+        pids = {"floor": floor.proc.pid, "pushed": pushed.proc.pid, "env": env.env.unwrapped.pid,
+                **{k: v.env.unwrapped.pid for k, v in vectors.items()}}
         runs: dict = {name: [] for name in pids}
         for _ in range(repeat):
-            for name, runner in (("floor", floor), ("pushed", pushed), ("env", env)):
+            for name, runner in runners.items():
                 runs[name].append(timed(runner, pids[name], steps))
         floors, pusheds, envs = ([r[0] for r in runs[k]] for k in ("floor", "pushed", "env"))
         cpu = {f"{k}_{part}": statistics.median(r[i] for r in runs[k]) for k in runs for i, part in ((1, "blender_cpu"), (2, "driver_cpu"))}
-        return {**cpu, "floor": statistics.median(floors), "pushed": statistics.median(pusheds), "env": statistics.median(envs),
+        vec = {}
+        for k in vectors:
+            rates = [r[0] for r in runs[k]]
+            vec[k] = statistics.median(rates)
+            vec[f"{k}_ratio"] = statistics.median([v / e for v, e in zip(rates, envs)])
+        return {**cpu, **vec, "floor": statistics.median(floors), "pushed": statistics.median(pusheds), "env": statistics.median(envs),
                 "ratio": statistics.median([e / f for e, f in zip(envs, floors)]),
                 "ratio_pushed": statistics.median([e / f for e, f in zip(envs, pusheds)]),
                 "reset_ms": 1000 * statistics.median(env.resets) if env.resets else float("nan"),
                 "resets": len(env.resets)}
     finally:
-        for runner in (floor, pushed, env):
+        for runner in (floor, pushed, env, *vectors.values()):
             if runner is not None:
                 runner.close()
 
@@ -235,13 +281,15 @@ def main() -> None:
     parser.add_argument("--blender", default="bpy,blender", help="comma-separated Blenders (bpy, blender, a path)")
     parser.add_argument("--steps", type=int, default=2000, help="steps per timed window")
     parser.add_argument("--repeat", type=int, default=5, help="timed windows of the floor and of the env each")
+    parser.add_argument("--num-envs", default="1,8,64,256", help="comma-separated vector env sizes ('' for none)")
     parser.add_argument("--tiny", action="store_true", help="smoke test: 100 steps, 1 window")
     args = parser.parse_args()
     steps, repeat = (100, 1) if args.tiny else (args.steps, args.repeat)
     blenders = [b.strip() for b in args.blender.split(",") if b.strip()]
+    num_envs = [int(n) for n in args.num_envs.split(",") if n.strip()]
 
     with tempfile.TemporaryDirectory() as tmp:
-        results = {b: run_blender(b, steps, repeat, tmp) for b in blenders}
+        results = {b: run_blender(b, steps, repeat, tmp, num_envs) for b in blenders}
         echo = run_echo(steps, repeat, tmp)
 
     print(f"\nblendtorch/CartPole-v0, medians of {repeat} alternating windows of {steps} steps, no rendering "
@@ -263,6 +311,12 @@ def main() -> None:
         ("driver thread CPU per step (us): floor", "floor_driver_cpu", "{:.0f}"),
         ("driver thread CPU per step (us): env", "env_driver_cpu", "{:.0f}"),
     ]
+    for n in num_envs:
+        rows += [
+            (f"vector env, {n} in one Blender (sub-env steps/s)", f"vec{n}", "{:,.0f}"),
+            (f"vector env, {n} / env", f"vec{n}_ratio", "{:.2f}"),
+            (f"Blender CPU per sub-env step (us): vector env, {n}", f"vec{n}_blender_cpu", "{:.0f}"),
+        ]
     for label, key, fmt in rows:
         print(f"| {label:58s} | " + " | ".join(f"{fmt.format(results[b][key]):>14s}" for b in blenders) + " |")
     print(f"| {'bare ZeroMQ REQ/REP round trip, plain Python, no Blender':58s} | {echo:>14,.0f} |")

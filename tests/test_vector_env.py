@@ -204,3 +204,47 @@ def test_a_single_env_script_is_refused_at_the_handshake():
     finally:
         envs.close()
     assert wait_until(lambda: not set(_blenders()) - before, 10)
+
+
+def test_own_vector_script_autoresets_each_sub_env_and_restarts_at_the_end_of_the_frame_window(write_script):
+    """A user script on blender_worker.vector_env.VectorEnv: sub-env i ends after 3 + i steps;
+    the frame window (1, 8) ends every episode at frame 8 and the next step starts all over."""
+    script = write_script(
+        """
+        import numpy as np
+        from blender_worker.protocol import parse_env_args
+        from blender_worker.vector_env import VectorEnv
+
+        class Counting(VectorEnv):
+            def _reset_all(self, options):
+                self.count = np.zeros(self.num_envs)
+            def _reset_one(self, i):
+                self.count[i] = 0
+            def _prepare_steps(self, actions, acting):
+                self.count[acting] += 1
+            def _collect(self, started):
+                terminated = self.count >= 3 + np.arange(self.num_envs)
+                return self.count[:, None].astype(np.float32), np.ones(self.num_envs), terminated, {}
+
+        launch, env_args, _ = parse_env_args()
+        Counting(launch, env_args, frame_range=(1, 8)).run()
+        """
+    )
+    space = gym.spaces.Box(0.0, 10.0, shape=(1,), dtype=np.float32)
+    envs = BlenderVectorEnv(EnvConfig(script=script), 2, space, gym.spaces.Discrete(2))
+    try:
+        obs, _ = envs.reset(seed=0)
+        assert obs.tolist() == [[0.0], [0.0]]
+        got = [envs.step(np.ones(2, dtype=np.int64)) for _ in range(9)]
+    finally:
+        envs.close()
+    counts = [o[:, 0].tolist() for o, *_ in got]
+    assert counts == [[1, 1], [2, 2], [3, 3], [0, 4], [1, 0], [2, 1], [3, 2], [0, 0], [1, 1]]
+    terminated = [t.tolist() for _, _, t, _, _ in got]
+    truncated = [t.tolist() for _, _, _, t, _ in got]
+    rewards = [r.tolist() for _, r, _, _, _ in got]
+    assert terminated[2] == [True, False] and terminated[3] == [False, True]
+    assert rewards[3] == [0.0, 1.0] and rewards[4] == [1.0, 0.0]  # the autoreset steps earn nothing
+    assert terminated[6] == [True, False] and truncated[6] == [False, True]  # frame 8: the window ends
+    assert rewards[7] == [0.0, 0.0] and not any(terminated[7] + truncated[7])  # one full reset
+    assert not any(sum(truncated[:6], []))

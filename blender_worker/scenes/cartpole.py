@@ -220,10 +220,12 @@ class CartPoleVectorEnv(VectorEnv):
     """``num_envs`` cartpoles in one rigid-body world, stepped by one frame (see the module docstring).
 
     Layout: sub-env ``i`` sits at y = ``i * spacing`` (x = z = 0, so that every cartpole's
-    physics runs on the same float coordinates as the single env's: Bullet computes in
-    single precision, and an offset along the motion plane changes the results, one along Y
-    does not). ``spacing`` is at least 2 m, so cartpoles of neighbouring sub-envs are more than
-    1.4 m apart and cannot touch (a cart is 0.5 m deep).
+    physics runs on the same float coordinates in its plane of motion as the single env's:
+    Bullet computes in single precision; measured over 100 random steps, 16 copies 12 m apart
+    along X differed from the first by up to 2e-4 rad, 1 m apart along Y by 2.4e-7 rad).
+    ``spacing`` is at least 2 m: the slider and the hinge keep every body in the x-z plane of
+    its own sub-env (a cart is 0.5 m deep, a pole 0.08 m), so cartpoles of different sub-envs
+    stay more than 1.4 m apart and can never touch, whatever their state.
 
     Reset of one sub-env without disturbing the others: Blender offers no way to set a rigid
     body's velocity. A body switched to "animated" (kinematic) follows its object's transform
