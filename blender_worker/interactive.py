@@ -129,6 +129,23 @@ def run_in_event_loop(step: Callable[[], Optional[float]], first_interval: float
     return tick
 
 
+def playback_started() -> bool:
+    """If Blender's own playback runs in any window (the user pressed Space, Shift+Ctrl+Space or
+    the timeline's play button), stop it where it started and return True.
+
+    The animation's frames come from `drive`, not from Blender's playback: both at once would
+    advance two frames per step. So Blender's play control becomes the animation's pause
+    button (see `drive`)."""
+    wm = bpy.context.window_manager
+    started = False
+    for window in wm.windows if wm is not None else ():
+        if window.screen is not None and window.screen.is_animation_playing:
+            with bpy.context.temp_override(window=window, screen=window.screen):
+                bpy.ops.screen.animation_cancel(restore_frame=True)
+            started = True
+    return started
+
+
 def drive(anim: Any, frames: Iterator[int]) -> None:
     """Run an `AnimationController`'s frame loop from Blender's event loop, one frame per tick.
 
@@ -136,8 +153,12 @@ def drive(anim: Any, frames: Iterator[int]) -> None:
     ``anim.ui_interval`` seconds apart (0: as fast as the window allows). The loop ends when
     the generator does (``num_episodes`` played or ``anim.stop()``); the window stays open.
 
+    Blender's own play control pauses and resumes the animation: pressing Space (or the
+    timeline's play button) starts Blender's playback, which the next tick stops again
+    (`playback_started`) and turns into `AnimationController.pause` / ``resume``.
+
     Args:
-        anim: The controller (``paused``, ``ui_interval``).
+        anim: The controller (``paused``, ``ui_interval``, ``pause()``, ``resume()``).
         frames: Its frame generator (`AnimationController._frames`).
     """
     from blender_worker.publisher import can_publish
@@ -145,6 +166,10 @@ def drive(anim: Any, frames: Iterator[int]) -> None:
     redraw = Redrawer()
 
     def step() -> Optional[float]:
+        if playback_started():
+            anim.resume() if anim.paused else anim.pause()
+            print(f"blender_worker.interactive: {'paused' if anim.paused else 'resumed'} by Blender's play control "
+                  f"at frame {anim.frameid}", flush=True)
         if anim.paused:
             redraw.tick(False)
             return PAUSED_RETRY_S

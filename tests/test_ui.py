@@ -185,3 +185,52 @@ def test_real_time_cartpole_runs_in_the_window(display):
         env.close()
     if pid is not None:
         assert wait_until(lambda: pid not in blender_pids())
+
+
+@pytest.mark.blender
+@pytest.mark.ray
+def test_blenders_play_control_pauses_and_resumes_the_stream(ray_session, display):
+    """Space (Blender's screen.animation_play, pressed from a timer in the UI instance as a
+    user would) pauses the animation: no item is published while paused, Blender's own
+    playback never runs beside the animation; pressing it again resumes the stream."""
+    with _launch("--press-play-after", "5", "--renderer", "render") as bl:
+        items = []
+        for item in bl.dataset(timeout=180):
+            items.append(item)
+            if item["pause_log"] is not None and len(items) >= 40:
+                break
+    assert [i["seq"] for i in items] == list(range(len(items)))
+    assert not any(i["blender_playing"] for i in items)  # frames came from the animation only
+    log = items[-1]["pause_log"]
+    first = next((k for k, (_, p, _) in enumerate(log) if p), None)
+    assert first is not None and first < 19, log  # the first press paused it
+    held = log[first:20]  # the ticks up to the second press
+    assert all(p for _, p, _ in held), log  # it stays paused until the second press...
+    assert len({seq for seq, _, _ in held}) == 1, log  # ...and nothing is published meanwhile
+    assert not log[-1][1], log  # the second press resumed it
+    assert items[-1]["seq"] > held[0][0] + 1  # and the stream went on
+
+
+@pytest.mark.blender
+@pytest.mark.ray
+def test_duplex_channel_and_recording_work_with_a_ui_instance(ray_session, display, tmp_path):
+    """The trainer moves the cube of a UI instance through the duplex channel while the
+    stream is recorded; later items show the move, and the recording replays what arrived."""
+    from blendtorch_ray.recording import ReplayDataset
+
+    with _launch("--duplex", "--renderer", "render") as bl:
+        chan = bl.channel()
+        it = iter(bl.dataset(max_items=40, timeout=180, record_to=str(tmp_path / "rec")))
+        items = [next(it) for _ in range(5)]
+        msg_id = chan.send(btid=0, z=1.5)
+        reply = chan.wait([msg_id], timeout=120)[msg_id]
+        items += list(it)
+    assert reply.payload["z"] == pytest.approx(1.5)
+    assert [i["seq"] for i in items] == list(range(40))
+    fresh = [i for i in items if chan.is_fresh(i)]
+    assert fresh and all(i["location"][2] == pytest.approx(1.5) for i in fresh)
+    assert all(i["location"][2] == 0.0 for i in items[:5])
+    replay = list(ReplayDataset(str(tmp_path / "rec")))
+    assert [r["seq"] for r in replay] == [i["seq"] for i in items]
+    np.testing.assert_array_equal(replay[-1]["image"], items[-1]["image"])
+    np.testing.assert_allclose(replay[-1]["location"], items[-1]["location"])
