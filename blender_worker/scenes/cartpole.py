@@ -323,31 +323,34 @@ class CartPoleVectorEnv(VectorEnv):
             push = np.clip(np.asarray(actions, dtype=np.float64).reshape(self.num_envs, -1)[:, 0], -1.0, 1.0) * self.args.force
         else:
             push = np.where(np.asarray(actions).reshape(self.num_envs) == 1, self.args.force, -self.args.force)
-        dv = push / self.total_mass / self.fps
-        settled = self._kinematic & (self.frameid - self._placed >= SETTLE_FRAMES)
-        for i, which in zip(*np.nonzero(settled)):
-            if which != self.active[i] or self._activate[i]:  # parked: from animated to "Dynamic" off
-                for key in ("cart", "pole"):
-                    self.sets[i][which][key].rigid_body.kinematic = False
-                    self.sets[i][which][key].rigid_body.enabled = False
-                self._kinematic[i, which] = False
-        for i in np.flatnonzero(acting):
-            objs = self.sets[i][self.active[i]]
-            if self._activate[i]:
+        dv = (push / self.total_mass / self.fps).tolist()
+        if self._kinematic.any():
+            settled = self._kinematic & (self.frameid - self._placed >= SETTLE_FRAMES)
+            for i, which in zip(*np.nonzero(settled)):
+                if which != self.active[i] or self._activate[i]:  # parked: from animated to "Dynamic" off
+                    for key in ("cart", "pole"):
+                        self.sets[i][which][key].rigid_body.kinematic = False
+                        self.sets[i][which][key].rigid_body.enabled = False
+                    self._kinematic[i, which] = False
+        activate = self._activate
+        for i, (pair, which, act) in enumerate(zip(self.sets, self.active.tolist(), acting.tolist())):
+            if not act:
+                continue
+            objs = pair[which]
+            if activate[i]:
                 for key in ("cart", "pole"):
                     objs[key].rigid_body.kinematic = False
                     objs[key].rigid_body.enabled = True
-                self._kinematic[i, self.active[i]] = False
-                self._activate[i] = False
-            objs["motor"].motor_lin_target_velocity += float(dv[i])
+                self._kinematic[i, which] = False
+                activate[i] = False
+            objs["motor"].motor_lin_target_velocity += dv[i]
 
     def _collect(self, started):
-        sets, active = self.sets, self.active
-        x = np.array([sets[i][active[i]]["cart"].matrix_world.translation[0] for i in range(self.num_envs)])
-        angle = np.array([sets[i][active[i]]["pole"].matrix_world.to_euler("XYZ")[1] for i in range(self.num_envs)])
-        prev_x = np.where(started, x, self._prev[0])
-        prev_a = np.where(started, angle, self._prev[1])
-        obs = np.stack([x, (x - prev_x) * self.fps, angle, (angle - prev_a) * self.fps], axis=1).astype(np.float32)
+        active = [pair[which] for pair, which in zip(self.sets, self.active.tolist())]
+        x = np.array([objs["cart"].matrix_world.translation[0] for objs in active])
+        angle = np.array([objs["pole"].matrix_world.to_euler("XYZ")[1] for objs in active])
+        prev = np.where(started, np.stack([x, angle]), self._prev)
+        obs = np.stack([x, (x - prev[0]) * self.fps, angle, (angle - prev[1]) * self.fps], axis=1).astype(np.float32)
         self._prev = np.stack([x, angle])
         terminated = (np.abs(angle) > self.args.max_angle) | (np.abs(x) > self.args.max_x)
         return obs, np.ones(self.num_envs), terminated, {}
