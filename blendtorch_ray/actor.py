@@ -36,6 +36,8 @@ log = logging.getLogger("blendtorch_ray")
 
 EXIT_TERMINATE_S = 1.0
 """Grace for Blender when the actor object is collected without ``close()``."""
+STREAM_TAKEOVER_S = 10.0
+"""Longest wait, before a stream starting at a position moves Blender, for older streams to end."""
 
 
 def _gpu_environment(config: LaunchConfig) -> dict:
@@ -78,6 +80,11 @@ class BlenderActor:
         epoch = int(time.time()) if reconstructed else 0
         self.sup = Supervisor(config, btid, find_blender(config.blender, ui=config.ui), _gpu_environment(config), prestarted, epoch)
         self._closed = False
+        self._streams = threading.Condition()
+        """Guards ``_active`` (streams running) and ``_generation`` (bumped by a stream with a
+        start position: the older streams end at their next poll, a cancelled one within ~1 s)."""
+        self._active = 0
+        self._generation = 0
         self._stop_metrics = threading.Event()
         node = ray.get_runtime_context().get_node_id()
         InstanceMetrics(config.name or "", btid, node).run(lambda: self.sup.health(node), self._stop_metrics)
@@ -114,19 +121,32 @@ class BlenderActor:
         Raises:
             BlenderCrashedError: Blender crashed once more than ``max_restarts`` allows.
         """
-        reposition(self.sup, start)
-        stream = self.config.stream
-        relay = Relay.open(self.sup.receiver, self.sup.mem_dir, ring, stream.max_batches_in_flight + RING_SPARE_SLOTS,
-                           int(stream.ring_slot_mb * 2**20))
-        if relay.ring is not None:
-            yield relay.ring.header()
+        with self._streams:
+            if start is not None:  # a stream that starts at a position ends the older ones first
+                self._generation += 1
+                if not self._streams.wait_for(lambda: self._active == 0, timeout=STREAM_TAKEOVER_S):
+                    log.warning("Blender instance %d: an older stream did not end within %.0fs", self.btid,
+                                STREAM_TAKEOVER_S)
+                reposition(self.sup, start)
+            self._active += 1
+        mine = self._generation
         try:
-            yield from batches(self.sup, relay, lambda: self._closed)
-        except ConnectionAbortedError:  # the ring's reader went away
-            return
+            stream = self.config.stream
+            relay = Relay.open(self.sup.receiver, self.sup.mem_dir, ring, stream.max_batches_in_flight + RING_SPARE_SLOTS,
+                               int(stream.ring_slot_mb * 2**20))
+            if relay.ring is not None:
+                yield relay.ring.header()
+            try:
+                yield from batches(self.sup, relay, lambda: self._closed or self._generation != mine)
+            except ConnectionAbortedError:  # the ring's reader went away
+                return
+            finally:
+                relay.close()
+                self.sup.unlink_retired([])
         finally:
-            relay.close()
-            self.sup.unlink_retired([])
+            with self._streams:
+                self._active -= 1
+                self._streams.notify_all()
 
     # -- control ---------------------------------------------------------------
     @ray.method(concurrency_group="control")

@@ -14,11 +14,22 @@ Run locally (starts Ray), or on a cluster started with ``ray up`` (``--address a
 
     python examples/ray_train/train.py --tiny
     python examples/ray_train/train.py --instances 8 --workers 4 --epochs 20 --items 4096
+
+Checkpoints and resuming: rank 0 reports a Ray Train ``Checkpoint`` after every epoch with the
+model, the optimizer, the epoch and (``--source stream``) the stream's state: every instance's
+stream seed and next ``seq`` (``RemoteIterableDataset.state_dict()``, gathered from all ranks).
+Give the run a ``--name`` (and ``--storage``): running the same command again after the job
+was stopped or killed restores the run (Ray Train finds its latest checkpoint under
+``storage/name``; ``ray.train.get_checkpoint()`` returns it), and each rank's dataset goes on
+from the checkpoint (``load_state_dict``): the next items of each instance, none seen twice::
+
+    python examples/ray_train/train.py --tiny --source stream --name cube-1 --storage /tmp/runs
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, replace
@@ -38,6 +49,7 @@ from ray.train.torch import TorchTrainer
 from blender_worker.scenes import CUBE
 from blendtorch_ray import BlenderLauncher
 from blendtorch_ray.dataset import RemoteIterableDataset, make_loader
+from blendtorch_ray.resume import merge_states
 from blendtorch_ray.runtime import ensure_ray
 
 
@@ -70,6 +82,11 @@ class TrainSettings:
     """Ray address: None = local (or $RAY_ADDRESS), "auto" = the cluster this node belongs to."""
     storage: Optional[str] = None
     """Ray Train storage path (shared storage such as s3://... or NFS on a multi-node cluster)."""
+    name: Optional[str] = None
+    """Name of the run and of its Blender group; the same name (and storage) again resumes the
+    run from its latest checkpoint. None: a fresh name, nothing to resume."""
+    seed: int = 0
+    """Base seed of the renders (a resumed run must keep it)."""
 
     @classmethod
     def tiny(cls, **overrides) -> "TrainSettings":
@@ -122,16 +139,41 @@ def _dataset_batches(cfg: dict) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         yield batch["image"], batch["xy"]
 
 
-def _stream_batches(cfg: dict, rank: int, world: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    btids = [b for b in range(cfg["num_instances"]) if b % world == rank]
-    per_rank = cfg["items"] // world // cfg["batch_size"] * cfg["batch_size"]
-    dataset = RemoteIterableDataset(
-        group=cfg["group"], namespace=cfg["namespace"], num_instances=cfg["num_instances"],
-        btids=btids, max_items=per_rank,
-        item_transform=lambda item: {"image": item["image"], "xy": item["xy"]},
-    )
-    for batch in make_loader(dataset, batch_size=cfg["batch_size"]):
-        yield batch["image"], batch["xy"]
+class RankStream:
+    """Rank ``r`` of ``w``: the instances with ``btid % w == r``, one stream over all epochs
+    (batches are taken from one iterator, so nothing rendered for this rank is dropped
+    between epochs), resumable from a checkpoint's stream state."""
+
+    def __init__(self, cfg: dict, rank: int, world: int, state: Optional[dict]) -> None:
+        btids = [b for b in range(cfg["num_instances"]) if b % world == rank]
+        self.steps = cfg["items"] // world // cfg["batch_size"]
+        self.dataset = RemoteIterableDataset(
+            group=cfg["group"], namespace=cfg["namespace"], num_instances=cfg["num_instances"], btids=btids,
+            item_transform=lambda item: {"image": item["image"], "xy": item["xy"]},
+        )
+        if state is not None:
+            self.dataset.load_state_dict(state)  # each instance goes on at the checkpoint's next seq
+        self._batches = iter(make_loader(self.dataset, batch_size=cfg["batch_size"]))
+
+    def epoch(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch's batches (the same number on every rank, as DDP needs)."""
+        for _ in range(self.steps):
+            batch = next(self._batches)
+            yield batch["image"], batch["xy"]
+
+
+def _restore(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[int, Optional[dict]]:
+    """Load the latest checkpoint of a restored run: the first epoch to train and the stream state."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, None
+    with checkpoint.as_directory() as d:
+        saved = torch.load(os.path.join(d, "train.pt"))
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        stream = os.path.join(d, "stream.json")
+        state = json.load(open(stream)) if os.path.exists(stream) else None
+    return saved["epoch"] + 1, state
 
 
 def train_loop_per_worker(cfg: dict) -> None:
@@ -139,10 +181,13 @@ def train_loop_per_worker(cfg: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(0)
-    model = ray.train.torch.prepare_model(CornerNet())
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
-    for epoch in range(cfg["epochs"]):
-        batches = _dataset_batches(cfg) if cfg["source"] == "ray-data" else _stream_batches(cfg, rank, world)
+    net = CornerNet()
+    optimizer = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
+    start, state = _restore(net, optimizer)
+    model = ray.train.torch.prepare_model(net)
+    stream = RankStream(cfg, rank, world, state) if cfg["source"] == "stream" else None
+    for epoch in range(start, cfg["epochs"]):
+        batches = stream.epoch() if stream else _dataset_batches(cfg)
         total, count = 0.0, 0
         for image, xy in batches:
             x, y = to_tensors(image, xy)
@@ -155,11 +200,17 @@ def train_loop_per_worker(cfg: dict) -> None:
         stats = torch.tensor([total, count], dtype=torch.float64)
         dist.all_reduce(stats)
         metrics = {"epoch": epoch, "loss": float(stats[0] / max(stats[1], 1)), "items": int(stats[1])}
+        # The stream's position on every rank (each reads its own instances), merged on rank 0.
+        states = [None] * world
+        dist.all_gather_object(states, stream.dataset.state_dict() if stream else None)
         if rank == 0:
             print(f"epoch {epoch:3d}  loss {metrics['loss']:.5f}  items {metrics['items']}", flush=True)
             with tempfile.TemporaryDirectory() as d:
-                state = getattr(model, "module", model).state_dict()
-                torch.save(state, os.path.join(d, "model.pt"))
+                torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
+                           os.path.join(d, "train.pt"))
+                if stream:
+                    with open(os.path.join(d, "stream.json"), "w") as f:
+                        json.dump(merge_states(states), f)
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
@@ -199,7 +250,7 @@ def run(settings: TrainSettings) -> list[dict]:
     connect(settings)
     size = ["--width", str(settings.width), "--height", str(settings.height)]
     resources = {"blender": 1} if settings.blender_resource else {}
-    with BlenderLauncher(script=CUBE, num_instances=settings.instances,
+    with BlenderLauncher(script=CUBE, num_instances=settings.instances, name=settings.name, seed=settings.seed,
                          instance_args=[size] * settings.instances, resources=resources,
                          num_cpus=settings.cpus_per_instance) as bl:
         cfg = dict(asdict(settings), group=bl.name, namespace=bl.namespace, num_instances=bl.num_instances)
@@ -207,14 +258,15 @@ def run(settings: TrainSettings) -> list[dict]:
         if settings.source == "ray-data":
             datasets["train"] = bl.ray_dataset(settings.items, columns=["image", "xy"],
                                                ray_remote_args={"num_cpus": settings.cpus_per_read_task})
-        storage = settings.storage or tempfile.mkdtemp(prefix="btr-train-")
+        # A named run keeps its checkpoints where a rerun finds them (Ray's ~/ray_results by default).
+        storage = settings.storage or (None if settings.name else tempfile.mkdtemp(prefix="btr-train-"))
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=cfg,
             scaling_config=ScalingConfig(num_workers=settings.workers, use_gpu=False,
                                          resources_per_worker={"CPU": settings.cpus_per_worker}),
             datasets=datasets,
-            run_config=RunConfig(name=f"cube-corners-{bl.name}", storage_path=storage,
+            run_config=RunConfig(name=settings.name or f"cube-corners-{bl.name}", storage_path=storage,
                                  checkpoint_config=CheckpointConfig(num_to_keep=None)),
         )
         result = trainer.fit()
@@ -235,6 +287,8 @@ def parse_args(argv: Optional[list[str]] = None) -> TrainSettings:
                    help='schedule instances on nodes with the "blender" resource')
     p.add_argument("--address", help='Ray address ("auto" on a cluster node); default: local Ray')
     p.add_argument("--storage", help="Ray Train storage path (shared storage on multi-node clusters)")
+    p.add_argument("--name", help="run (and Blender group) name: the same name and --storage again resumes the run")
+    p.add_argument("--seed", type=int, help="base seed of the renders")
     args = vars(p.parse_args(argv))
     tiny = args.pop("tiny")
     overrides = {k: v for k, v in args.items() if v is not None}
