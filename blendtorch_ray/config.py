@@ -97,9 +97,20 @@ class PlacementConfig:
     wait_for_resources: bool = False
     """If the cluster cannot hold all instances now: False raises at once, True waits
     (for an autoscaling cluster to add nodes)."""
+    nodes: Optional[tuple] = None
+    """Ray node ids to place the instances on, round-robin (instance ``btid`` on
+    ``nodes[btid % len(nodes)]``), e.g. the nodes of the trainer workers that read them
+    (`blendtorch_ray.locality`); ``"local"`` in the list stands for the node the launcher runs
+    on. None (default): wherever Ray finds room. The affinity is soft: an instance whose node is
+    lost is recreated elsewhere."""
 
     def __post_init__(self) -> None:
         own = "PlacementConfig"
+        if self.nodes is not None:
+            if isinstance(self.nodes, str) or not all(isinstance(n, str) and n for n in self.nodes) or not self.nodes:
+                raise TypeError(f"{own}.nodes={self.nodes!r}: must be a non-empty list of Ray node ids (hex strings, "
+                                "e.g. ray.get_runtime_context().get_node_id()) or \"local\"; None places anywhere")
+            self.nodes = tuple(self.nodes)
         if self.num_cpus is not None:
             v.non_negative("num_cpus", self.num_cpus, owner=own, example=1)
         v.non_negative("num_gpus", self.num_gpus, owner=own, example=1)

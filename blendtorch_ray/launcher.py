@@ -10,13 +10,14 @@ from dataclasses import replace
 from typing import Any, Callable, Optional
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from blendtorch_ray.actor import RemoteBlenderActor
 from blendtorch_ray.health import InstanceHealth
 from blendtorch_ray.blender import find_blender
 from blendtorch_ray.config import LaunchConfig
 from blendtorch_ray.errors import BlenderStartError, own_errors
-from blendtorch_ray.placement import check_capacity, default_num_cpus
+from blendtorch_ray.placement import check_capacity, default_num_cpus, resolve_nodes
 from blendtorch_ray.prestart import can_prestart, prestart
 from blendtorch_ray.runtime import actor_name, ensure_ray
 
@@ -123,6 +124,7 @@ class BlenderLauncher:
             self._discard_prestarted()
             raise
         try:
+            nodes = resolve_nodes(cfg)
             for btid in range(cfg.num_instances):
                 opts: dict = dict(
                     name=actor_name(self.name, btid),
@@ -135,6 +137,8 @@ class BlenderLauncher:
                     opts["num_gpus"] = cfg.placement.num_gpus
                 if cfg.placement.resources:
                     opts["resources"] = dict(cfg.placement.resources)
+                if nodes:  # soft: a lost node's instance is recreated elsewhere
+                    opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=nodes[btid], soft=True)
                 self.actors.append(RemoteBlenderActor.options(**opts).remote(cfg, btid, prestarted.get(btid)))
             refs = [a.wait_ready.remote() for a in self.actors]
             timeout = None if cfg.placement.wait_for_resources else cfg.supervision.ready_timeout + START_GRACE_S

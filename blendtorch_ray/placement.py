@@ -1,7 +1,10 @@
-"""Where a group's instances go: whether the cluster can hold them, and the CPU share each
-instance asks for when ``PlacementConfig.num_cpus`` is left to the default."""
+"""Where a group's instances go: whether the cluster can hold them, the CPU share each
+instance asks for when ``PlacementConfig.num_cpus`` is left to the default, and the nodes
+instances are pinned to (``PlacementConfig.nodes``, see `blendtorch_ray.locality`)."""
 
 from __future__ import annotations
+
+from typing import Optional
 
 import ray
 
@@ -55,3 +58,45 @@ def default_num_cpus(num_instances: int) -> float:
         return 1.0
     cpus = float(ray.cluster_resources().get("CPU", 0.0))
     return max(MIN_LOCAL_CPUS, min(1.0, int(100 * cpus / num_instances) / 100))
+
+
+def resolve_nodes(cfg: LaunchConfig) -> Optional[list[str]]:
+    """The node each instance is placed on (``PlacementConfig.nodes``), checked.
+
+    ``"local"`` becomes the node this process runs on. Every node must be alive and hold the
+    instances placed on it (``num_cpus``, ``num_gpus`` and custom resources per instance).
+
+    Args:
+        cfg: The group's configuration (``num_cpus`` already resolved, not None).
+
+    Returns:
+        One node id per instance (``btid`` order), or None when ``nodes`` is not set.
+
+    Raises:
+        ValueError: A node id is not an alive node of this cluster, or a node cannot hold the
+            instances placed on it; the message lists the alive nodes and their resources.
+    """
+    where = cfg.placement
+    if not where.nodes:
+        return None
+    here = ray.get_runtime_context().get_node_id()
+    wanted = [here if n == "local" else n for n in where.nodes]
+    alive = {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
+    listing = "; ".join(f"{nid} ({n.get('NodeManagerAddress')}: "
+                        f"{', '.join(f'{k} {v:g}' for k, v in sorted(n.get('Resources', {}).items()) if not k.startswith('node:'))})"
+                        for nid, n in alive.items())
+    unknown = [n for n in wanted if n not in alive]
+    if unknown:
+        raise ValueError(f"nodes={list(where.nodes)!r}: {unknown} are not alive nodes of this Ray cluster; "
+                         f"alive: {listing}. Pass ids from ray.nodes() or ray.get_runtime_context().get_node_id()")
+    per_node = [wanted[b % len(wanted)] for b in range(cfg.num_instances)]
+    need = {"CPU": where.num_cpus, **({"GPU": where.num_gpus} if where.num_gpus else {}), **where.resources}
+    for nid in dict.fromkeys(per_node):
+        count = per_node.count(nid)
+        have = alive[nid].get("Resources", {})
+        short = {k: (v * count, have.get(k, 0.0)) for k, v in need.items() if v * count > have.get(k, 0.0) + 1e-9}
+        if short:
+            detail = ", ".join(f"{k}: need {v:g}, node has {h:g}" for k, (v, h) in short.items())
+            raise ValueError(f"nodes=...: node {nid} cannot hold the {count} instance(s) placed on it ({detail}); "
+                             f"alive nodes: {listing}. Spread the instances over more nodes or ask for less per instance")
+    return per_node

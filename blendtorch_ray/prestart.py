@@ -82,7 +82,7 @@ _STARTED: dict = {}
 def can_prestart(config: LaunchConfig) -> bool:
     """Whether instances of ``config`` may be started before their actors (see module doc)."""
     return bool(config.supervision.prestart and config.stream.transport == "ipc" and not config.placement.num_gpus
-                and not config.placement.resources)
+                and not config.placement.resources and not config.placement.nodes)
 
 
 def prestart(config: LaunchConfig, btid: int, blender: BlenderExecutable) -> Prestarted:
