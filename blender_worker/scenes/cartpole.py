@@ -273,8 +273,11 @@ class CartPoleVectorEnv(VectorEnv):
     def _place(self, i: int, which: int, theta: float, kinematic: bool) -> None:
         objs, y = self.sets[i][which], i * self.spacing
         for key in ("cart", "pole"):
-            objs[key].rigid_body.enabled = True
-            objs[key].rigid_body.kinematic = kinematic
+            body = objs[key].rigid_body
+            if not body.enabled:
+                body.enabled = True
+            if body.kinematic != kinematic:
+                body.kinematic = kinematic
         self._kinematic[i, which] = kinematic
         objs["motor"].motor_lin_target_velocity = 0.0
         objs["cart"].location = (0.0, y, CART_Z)
