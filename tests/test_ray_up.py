@@ -297,8 +297,13 @@ def test_ray_up_onprem_job_on_the_worker_then_ray_down_leaves_nothing():
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
         # 1. ray up: the head over SSH (sync, setup, start); the head's autoscaler then does the worker.
-        up = _run(nodes.nsenter([ray_bin, "up", "-y", "--no-config-cache", "--cluster-name", cluster, str(config_path)]),
-                  work / "ray_up.log", timeout=300, env=env)
+        up_argv = nodes.nsenter([ray_bin, "up", "-y", "--no-config-cache", "--cluster-name", cluster, str(config_path)])
+        up = _run(up_argv, work / "ray_up.log", timeout=300, env=env)
+        if up.returncode != 0 and "The current node timed out during startup" in (work / "ray_up.log").read_text():
+            # `ray start` gives the raylet a fixed 30 s to register (Ray 2.60, node.py); on 2 cores
+            # shared with the rest of the suite that can pass. `ray up` again (it stops Ray first).
+            shutil.copy(work / "ray_up.log", work / "ray_up.1.log")
+            up = _run(up_argv, work / "ray_up.log", timeout=300, env=env)
         assert up.returncode == 0, "ray up failed:\n" + _tail(work / "ray_up.log")
         head_log = work / "head-tmp" / "ray" / "session_latest" / "logs" / "monitor.log"
 
