@@ -212,6 +212,43 @@ def test_an_item_renders_again_from_its_provenance(ray_session, write_script):
         assert again[0]["pid"] != item["pid"]
 
 
+@pytest.mark.blender
+@pytest.mark.ray
+@pytest.mark.timeout(600)
+def test_stateful_dataloader_resumes_each_worker_where_its_snapshot_was(ray_session, write_script):
+    """torchdata's StatefulDataLoader (2 workers, one instance each) calls the dataset's
+    state_dict/load_state_dict in its workers: a new loader from its state_dict goes on with
+    the next items of every instance, also those its workers had prefetched."""
+    sdl = pytest.importorskip("torchdata.stateful_dataloader")
+    from blendtorch_ray.loader import collate
+
+    def loader(ds):
+        return sdl.StatefulDataLoader(ds, batch_size=4, num_workers=2, collate_fn=collate,
+                                      multiprocessing_context="forkserver")
+
+    with BlenderLauncher(script=write_script(COUNTER), num_instances=2, seed=50, batch_size=4) as bl:
+        first_loader = loader(bl.dataset(timeout=60))
+        it = iter(first_loader)
+        first = [next(it) for _ in range(6)]
+        state = first_loader.state_dict()
+        ahead = [next(it) for _ in range(2)]  # taken after the snapshot: not part of it
+        del it
+        resumed = loader(bl.dataset(timeout=60))
+        resumed.load_state_dict(state)
+        it = iter(resumed)
+        second = [next(it) for _ in range(6)]
+        del it
+    keys = [(int(b), int(q), int(s)) for batch in first + second
+            for b, q, s in zip(batch["btid"], batch["seq"], batch["seed"])]
+    for b in (0, 1):
+        seqs = [q for btid, q, _ in keys if btid == b]
+        assert seqs == list(range(len(seqs))) and len(seqs) >= 8, f"instance {b}: {seqs}"
+        assert {s for btid, _, s in keys if btid == b} == {50 + b}
+    # What the first loader took after its snapshot came again from the resumed one.
+    redone = {(int(b), int(q)) for batch in ahead for b, q in zip(batch["btid"], batch["seq"])}
+    assert redone <= {(b, q) for b, q, _ in keys}
+
+
 TRAIN_DRIVER = """
 import json, os, sys, time
 
