@@ -248,3 +248,24 @@ def test_own_vector_script_autoresets_each_sub_env_and_restarts_at_the_end_of_th
     assert terminated[6] == [True, False] and truncated[6] == [False, True]  # frame 8: the window ends
     assert rewards[7] == [0.0, 0.0] and not any(terminated[7] + truncated[7])  # one full reset
     assert not any(sum(truncated[:6], []))
+
+
+def test_control_readme_vector_example_runs_unchanged(tmp_path):
+    """The indented example under "Many cartpoles in one Blender" in examples/control/README.md."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from conftest import REPO
+
+    text = (REPO / "examples" / "control" / "README.md").read_text()
+    section = text[text.index("## Many cartpoles in one Blender"):]
+    lines = section.splitlines()[1:]
+    start = next(i for i, line in enumerate(lines) if line.startswith("    "))
+    end = next(i for i in range(start, len(lines)) if lines[i] and not lines[i].startswith("    "))
+    block = textwrap.dedent("\n".join(lines[start:end]))
+    assert "make_vec" in block
+    checks = "\nassert obs.shape == (64, 4) and rewards.shape == (64,), obs.shape\nprint('VECTOR-OK')"
+    out = subprocess.run([sys.executable, "-c", block + checks], cwd=tmp_path, capture_output=True, text=True, timeout=200)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "VECTOR-OK" in out.stdout
