@@ -154,6 +154,7 @@ class _Nodes:
         self.work, self.ssh = work, ssh_dir
         self.unshare: dict[str, subprocess.Popen] = {}
         self.sshd: dict[str, psutil.Process] = {}
+        self.sshd_keys: dict[str, tuple[int, float]] = {}  # (pid, create_time): checked gone at the end
         self.netns_inode = None
 
     def home(self, node: str) -> Path:
@@ -239,6 +240,7 @@ class _Nodes:
             assert ok and self.unshare[node].poll() is None, _tail(self.work / f"sshd_{node}.log")
             self.sshd[node] = psutil.Process(self.unshare[node].pid).children()[0]
             assert self.sshd[node].name() == "sshd", self.sshd[node]
+            self.sshd_keys[node] = (self.sshd[node].pid, self.sshd[node].create_time())
             if node == "head":
                 self.netns_inode = os.stat(f"/proc/{self.sshd[node].pid}/ns/net").st_ino
 
@@ -381,7 +383,7 @@ def test_ray_up_onprem_job_on_the_worker_then_ray_down_leaves_nothing():
         if nodes.sshd.get("head") is not None and not down_done:
             _run(nodes.nsenter([ray_bin, "down", "-y", "--cluster-name", cluster, str(config_path)]),
                  work / "ray_down_cleanup.log", timeout=120, env=env)
-        sshd_pids = {node: (p.pid, p.create_time()) for node, p in nodes.sshd.items()}
+        sshd_pids = dict(nodes.sshd_keys)
         nodes.stop()
         # 4. sshd stopped, and no process left in the cluster's network namespace (ssh
         # ControlMaster clients of `ray up` included: they end once their sshd is gone).
@@ -395,6 +397,10 @@ def test_ray_up_onprem_job_on_the_worker_then_ray_down_leaves_nothing():
                 pass
         control = Path("/tmp") / f"ray_ssh_{hashlib.sha256(getpass.getuser().encode()).hexdigest()[:HASH_MAX_LENGTH]}"
         shutil.rmtree(control / hashlib.sha256(cluster.encode()).hexdigest()[:HASH_MAX_LENGTH], ignore_errors=True)
+        try:
+            control.rmdir()  # Ray's per-user dir of control sockets, if nothing else uses it
+        except OSError:
+            pass
         shutil.rmtree(ssh_dir, ignore_errors=True)
         with open("/proc/self/mountinfo") as f:  # never delete through a mount (none expected here)
             mounted = [line.split()[4] for line in f if line.split()[4].startswith(str(work))]
