@@ -175,12 +175,12 @@ def test_recycle_after_n_items_has_no_gap_and_keeps_the_instance_id(ray_session,
     epochs = sorted({i["epoch"] for i in items})
     assert epochs[:3] == [0, 1, 2]
     assert all(np.all(i["arr"] == i["seq"]) for i in items)
-    for e in epochs[:-1]:
-        seqs = [i["seq"] for i in items if i["epoch"] == e]
-        assert seqs == list(range(len(seqs))) and len(seqs) >= 25
+    # One sequence across the recycles, one stream seed (blendtorch_ray/resume.py): no gap, no repeat.
+    assert [i["seq"] for i in items] == list(range(len(items)))
+    assert all(len([i for i in items if i["epoch"] == e]) >= 25 for e in epochs[:-1])
     assert {i["btid"] for i in items} == {0}
     assert health.recycles >= 2 and health.restarts == 0 and health.lost_items == 0
-    assert len({i["seed"] for i in items}) == len(epochs)
+    assert len({i["seed"] for i in items}) == 1
     # Each epoch came from one Blender process of its own, and the replaced ones are gone.
     assert all(len(p) == 1 for p in pids.values()) and len(set().union(*pids.values())) == len(epochs)
     assert still_running == [], "a recycled Blender is still running"
@@ -200,9 +200,8 @@ def test_recycle_rss_mb_replaces_blender_above_the_limit(ray_session):
         health = bl.health()[0]
     epochs = sorted({i["epoch"] for i in items})
     assert epochs == [0, 1, 2, 3], f"recycled {health.recycles} time(s) in {len(items)} items"
-    for e in epochs[:-1]:
-        seqs = [i["seq"] for i in items if i["epoch"] == e]
-        assert seqs == list(range(len(seqs))) and len(seqs) >= 8
+    assert [i["seq"] for i in items] == list(range(len(items)))  # one sequence across the recycles
+    assert all(len([i for i in items if i["epoch"] == e]) >= 8 for e in epochs[:-1])
     assert len({i["pid"] for i in items}) == 4
     assert health.recycles >= 3 and health.restarts == 0 and health.lost_items == 0
 

@@ -37,6 +37,7 @@ def main() -> None:
     anim = bw.AnimationController()
 
     def pre_frame() -> None:
+        rng = pub.rng()  # this item's randomness, from its (seed, seq) alone: restarts and resumes included
         cube.rotation_euler = rng.uniform(0, np.pi, size=3)
         cube.color = (*rng.uniform(0.2, 1.0, size=3), 1.0)
 
