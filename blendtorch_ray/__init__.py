@@ -62,6 +62,9 @@ _LAZY = {
     "BlenderEnvError": "blendtorch_ray.errors",
     "EnvTimeout": "blendtorch_ray.errors",
     "StreamTimeout": "blendtorch_ray.errors",
+    "ResumeError": "blendtorch_ray.resume",
+    "DevicePrefetcher": "blendtorch_ray.prefetch",
+    "rank_share": "blendtorch_ray.locality",
 }
 
 __all__ = sorted(_LAZY)
