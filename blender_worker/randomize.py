@@ -1,13 +1,19 @@
 """Domain randomisation helpers, all driven by one seeded ``numpy.random.Generator``.
 
-Seed the generator from the instance seed (``rng = make_rng(launch.seed)``) and call the
-helpers in a fixed order per frame: the same seed then gives the same stream, frame by frame.
+Take each item's generator from the publisher (``rng = pub.rng()`` in ``pre_frame``): it is
+seeded from the item's ``(seed, seq)`` alone (``blender_worker.protocol.item_seed``), so an
+item renders the same whatever happened before it, restarts and resumes included, and
+``blendtorch_ray.rerender.render_again`` can render it again. Call the helpers in a fixed order:
 
-    rng = make_rng(launch.seed)
-    random_materials(objs, rng)
-    random_light(rng, light)
-    place_without_overlap(objs, rng, area=(-3, 3, -3, 3))
-    camera_on_sphere(cam, rng, target=(0, 0, 0), radius=(6, 9), elevation=(15, 60))
+    def pre_frame():
+        rng = pub.rng()
+        random_materials(objs, rng)
+        random_light(rng, light)
+        place_without_overlap(objs, rng, area=(-3, 3, -3, 3))
+        camera_on_sphere(cam, rng, target=(0, 0, 0), radius=(6, 9), elevation=(15, 60))
+
+``make_rng(launch.seed)`` gives one generator for the whole process instead: the same seed
+gives the same stream frame by frame, but an item then depends on how far the process got.
 """
 
 from __future__ import annotations
