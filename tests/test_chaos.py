@@ -26,11 +26,11 @@ epoch after the node loss is worse than epoch 0 (the run does not lose what it l
 the example's seed and learning rate it goes about 0.15 -> 0.03 without chaos).
 
 ``test_no_render_is_delivered_twice`` checks the renders themselves (the cube's projected
-corners): none reaches the trainer twice. It is a strict xfail while the bundled cube scene
-draws its poses from ``numpy.random.default_rng(launch.seed)`` instead of per item
-(``DataPublisher.rng()``): then the Blender moved to ``(seed, seq k)`` renders the poses of
-seq 0, 1, ... again (measured: all 96 items after the loss repeated seq 0-95), the trainer
-gets the same renders twice under new ``seq`` numbers.
+corners): none reaches the trainer twice. The cube scene draws each item's pose from
+``DataPublisher.rng()`` (seeded from ``(seed, seq)``); when it drew from one generator per
+process (``numpy.random.default_rng(launch.seed)``), the Blender moved to ``(seed, seq k)`` after
+the loss rendered the poses of seq 0, 1, ... again under new seq numbers (all 96 items after the
+loss repeated seq 0-95), and this test failed.
 
 Run time: 100-165 s for the module on the shared 2-core machine at a load of 10-19 (cluster start,
 Blender start on three nodes, Ray Train start, 512 renders of 64x48); ``pytest -s`` prints the
@@ -336,19 +336,6 @@ def test_no_blender_is_left(chaos_run):
     assert run["left"] == set(), f"Blender processes left after the launcher closed: {run['left']}"
 
 
-def _cube_draws_per_item() -> bool:
-    """Whether the bundled cube scene takes each item's randomness from ``pub.rng()`` (a fix of
-    the bug below is in progress in the working tree while this test is written)."""
-    from blender_worker.scenes import CUBE
-
-    return "pub.rng()" in Path(CUBE).read_text()
-
-
-@pytest.mark.xfail(not _cube_draws_per_item(), strict=True, raises=AssertionError, reason=(
-    "blender_worker/scenes/cube.py draws every pose from numpy.random.default_rng(launch.seed), "
-    "not per item (DataPublisher.rng()): a Blender moved to (seed, seq k) after the node loss "
-    "renders the poses of seq 0, 1, ... again, under new seq numbers (fix: take each item's draws "
-    "from pub.rng() in pre_frame)"))
 def test_no_render_is_delivered_twice(chaos_run):
     """The same render (the cube's 8 projected corners) never reaches the trainer twice."""
     items = [i for rank in range(2) for e in chaos_run[f"items-{rank}"] for i in e["items"]]
