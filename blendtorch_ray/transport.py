@@ -42,22 +42,38 @@ def has_shared_memory_room(path: str) -> bool:
     return st.f_bavail * st.f_frsize >= shm_min_free()
 
 
+def _pid_namespace() -> int:
+    """An id of this process's PID namespace (the inode of /proc/self/ns/pid; 0 if unknown):
+    a pid means a process only within its namespace."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
 def owned_prefix(kind: str) -> str:
-    """Directory-name prefix that records this process's pid (``btr-<kind>-<pid>-``), so that
-    ``sweep_stale_dirs`` can remove what a killed process left behind."""
-    return f"btr-{kind}-{os.getpid()}-"
+    """Directory-name prefix that records this process's pid and PID namespace
+    (``btr-<kind>-<pid>-<namespace>-``), so that ``sweep_stale_dirs`` can remove what a killed
+    process left behind, and only what a process of its own namespace left (containers and
+    ``unshare`` sandboxes that share /dev/shm or /tmp reuse pids)."""
+    return f"btr-{kind}-{os.getpid()}-{_pid_namespace()}-"
 
 
 def sweep_stale_dirs() -> None:
     """Remove this project's directories left by processes that were killed: ring/slot
     directories on /dev/shm (memory until reboot otherwise) and socket/log directories in the
-    temp directory, named by ``owned_prefix``; removed once that pid is gone."""
+    temp directory, named by ``owned_prefix``; removed once that pid of this PID namespace is
+    gone."""
     import glob
 
+    own_ns = _pid_namespace()
     for base in {memory_dir(), tempfile.gettempdir()} - {None}:
-        for path in glob.glob(os.path.join(base, "btr-*-*-*")):
+        for path in glob.glob(os.path.join(base, "btr-*-*-*-*")):
             try:
-                pid = int(os.path.basename(path).split("-")[2])  # btr-<kind>-<pid>-..., see owned_prefix
+                parts = os.path.basename(path).split("-")  # btr-<kind>-<pid>-<namespace>-..., see owned_prefix
+                pid, ns = int(parts[2]), int(parts[3])
+                if ns != own_ns:
+                    continue  # another PID namespace's pid: cannot tell whether it is alive
                 os.kill(pid, 0)
             except (ValueError, IndexError):
                 continue
