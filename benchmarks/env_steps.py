@@ -4,7 +4,7 @@
     python benchmarks/env_steps.py --blender bpy --tiny   # smoke test
 
 For every Blender (``--blender bpy,blender``) two processes run side by side on the same
-cartpole scene (``blender_worker/scenes/cartpole.py``'s ``build_scene``, rigid-body physics,
+cartpole scene (``blender_worker/scenes/cartpole_scene.py``'s ``build_scene``, rigid-body physics,
 no rendering):
 
 * the floor: a bare Blender that answers ZeroMQ REQ/REP (one-frame messages, blocking
@@ -49,7 +49,7 @@ _FLOOR = """
 import sys
 import bpy
 import zmq
-from blender_worker.scenes.cartpole import build_scene
+from blender_worker.scenes.cartpole_scene import build_scene
 
 argv = sys.argv[sys.argv.index("--") + 1:]
 address, push, last = argv[0], argv[1] == "push", 502
