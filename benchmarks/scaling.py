@@ -127,7 +127,8 @@ class Consumer:
 
         from blendtorch_ray.dataset import RemoteIterableDataset
 
-        items = iter(RemoteIterableDataset(group, namespace, num_instances, btids=btids, timeout=120))
+        items = iter(RemoteIterableDataset(group, namespace, num_instances, btids=btids, timeout=120,
+                                           shared_memory_ring=True))  # as BlenderLauncher.dataset() sets it
         for _ in range(16):  # warm up: streams open, rings mapped
             next(items)
         while time.time() < start_at:
@@ -166,7 +167,8 @@ def run_config(cluster, nodes: int, per_node: int, layout: str, seconds: float) 
             from blendtorch_ray.dataset import RemoteIterableDataset
 
             me = ray.get_runtime_context().get_node_id()
-            datasets = [iter(RemoteIterableDataset(bl.name, bl.namespace, per_node, timeout=120)) for bl in launchers]
+            datasets = [iter(RemoteIterableDataset(bl.name, bl.namespace, per_node, timeout=120, shared_memory_ring=True))
+                        for bl in launchers]
             for it in datasets:
                 for _ in range(16):  # warm up: streams open
                     next(it)
