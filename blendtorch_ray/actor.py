@@ -87,7 +87,7 @@ class BlenderActor:
         self._generation = 0
         self._stop_metrics = threading.Event()
         node = ray.get_runtime_context().get_node_id()
-        InstanceMetrics(config.name or "", btid, node).run(lambda: self.sup.health(node), self._stop_metrics)
+        InstanceMetrics(config.name or "", btid, node).run(lambda: self.sup.health(node), self._stop_metrics, self.sup.warn)
 
     def wait_ready(self) -> dict:
         """Block until the instance's first DataPublisher says hello.

@@ -9,10 +9,13 @@ metrics port (``ray.nodes()[i]["MetricsExportPort"]``, or ``ray start --metrics-
 
 from __future__ import annotations
 
+import logging
 import threading
-from typing import Callable
+from typing import Callable, Optional
 
 from blendtorch_ray.health import InstanceHealth
+
+log = logging.getLogger("blendtorch_ray")
 
 METRICS_INTERVAL_S = 2.0
 """How often an actor refreshes its gauges."""
@@ -57,20 +60,38 @@ class InstanceMetrics:
         for name, gauge in self.gauges.items():
             gauge.set(float(getattr(health, name)))
 
-    def run(self, snapshot: Callable[[], InstanceHealth], stop: threading.Event) -> threading.Thread:
+    def run(self, snapshot: Callable[[], InstanceHealth], stop: threading.Event,
+            warn: Optional[Callable[[str], None]] = None) -> threading.Thread:
         """Refresh the gauges every ``METRICS_INTERVAL_S`` seconds on a daemon thread.
+
+        Metrics never stop the stream: a refresh that fails (Ray's metrics agent gone, a
+        snapshot that raises) is reported once through ``warn`` and retried at the next
+        interval; one that works again after failures is reported too.
 
         Args:
             snapshot: Returns the instance's current health.
             stop: Set it to end the thread.
+            warn: Called with a one-line text on the first failure (and on recovery); None:
+                logged only.
 
         Returns:
             The started thread.
         """
+        say = warn or log.warning
 
         def loop() -> None:
+            failing = False
             while True:
-                self.update(snapshot())
+                try:
+                    self.update(snapshot())
+                    if failing:
+                        say("metrics export works again")
+                    failing = False
+                except Exception as exc:  # noqa: BLE001 - metrics must never end the stream
+                    if not failing:
+                        say(f"metrics export failed ({type(exc).__name__}: {exc}); the stream goes on, "
+                            f"retrying every {METRICS_INTERVAL_S:g} s")
+                    failing = True
                 if stop.wait(METRICS_INTERVAL_S):
                     return
 

@@ -53,3 +53,30 @@ def test_instance_health_is_exported_as_ray_metrics(ray_session):
             assert _value(text, "rss_bytes", bl.name, b)[0] > 50 * 2**20  # a real Blender's memory
         assert _value(text, "items", bl.name, 2) == (None, None)  # no third instance
         assert re.search(r"# TYPE ray_blendtorch_fps gauge", text)
+
+
+def test_a_failing_metrics_export_warns_once_and_never_stops(ray_session):
+    """Metrics never end a stream: a refresh that fails is warned once (not every 2 s), the
+    thread keeps retrying, and a refresh that works again says so."""
+    import threading
+    import time
+
+    from blendtorch_ray.metrics import METRICS_INTERVAL_S, InstanceMetrics
+
+    with BlenderLauncher(script=str(TEST_SCRIPTS / "forever.py"), num_instances=1, num_cpus=0.5) as bl:
+        real = bl.health()[0]
+    calls, said, stop = [], [], threading.Event()
+
+    def snapshot():
+        calls.append(time.monotonic())
+        if len(calls) <= 3:
+            raise RuntimeError("metrics agent gone")
+        return real
+
+    thread = InstanceMetrics("btr-metrics-failing", 0, real.node_id).run(snapshot, stop, said.append)
+    assert wait_until(lambda: len(calls) >= 5, timeout=10 * METRICS_INTERVAL_S)
+    stop.set()
+    thread.join(timeout=3 * METRICS_INTERVAL_S)
+    assert not thread.is_alive()
+    assert said[0].startswith("metrics export failed (RuntimeError: metrics agent gone); the stream goes on")
+    assert said[1:] == ["metrics export works again"]
