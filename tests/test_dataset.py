@@ -71,4 +71,8 @@ def test_two_instances_interleave_round_robin(ray_session):
             run = 1
     runs.append(run)
     assert Counter(btids).keys() == {0, 1}
-    assert max(runs) <= 2 * batch_size, runs
+    # The fair start waits up to FAIR_START_S for every stream; under a loaded CI one stream
+    # opened a batch late once ([24, 8, 8, 8, 16]): one batch of slack for the first run. Before
+    # the fix the first run drained a whole backlog (40 or 48).
+    assert runs[0] <= 3 * batch_size, runs
+    assert max(runs[1:]) <= 2 * batch_size, runs

@@ -204,13 +204,23 @@ class _Nodes:
             (home / "btr-venv" / "bin" / script).write_text(f"#!{ROOT_HOME}/btr-venv/bin/python\n{body}")
             (home / "btr-venv" / "bin" / script).chmod(0o755)
         lines = []
-        if base.is_relative_to(ROOT_HOME):
-            keep = home / base.relative_to(ROOT_HOME)
-            keep.mkdir(parents=True)
-            lines += [f"mount --bind {base} {keep}", f"mount -o remount,bind,ro {keep}"]
+        # What the node's venv reaches (the interpreter, the project's .venv through the .pth,
+        # the checkout its editable install points to) stays visible, read-only, where it is, also
+        # when it lives below root's home or /tmp, which the node gets its own of (CI may clone
+        # the repository into /tmp).
+        keeps: list[Path] = []
+        for src in (base, Path(sys.prefix).resolve(), REPO):
+            if not any(src.is_relative_to(k) for k in keeps):
+                keeps = [k for k in keeps if not k.is_relative_to(src)] + [src]
+        for src in keeps:
+            for hidden, own in ((ROOT_HOME, home), (Path("/tmp"), tmp)):
+                if src.is_relative_to(hidden) and src != hidden:
+                    keep = own / src.relative_to(hidden)
+                    keep.mkdir(parents=True, exist_ok=True)
+                    lines += [f"mount --bind {src} {keep}", f"mount -o remount,bind,ro {keep}"]
         # /dev/shm too: Ray's object store and blendtorch's rings live there, and a sweep of
         # "stale" btr-shm-<pid>-* directories in another PID namespace would take this node's.
-        return lines + [f"mount --rbind {home} {ROOT_HOME}", f"mount --bind {tmp} /tmp",
+        return lines + [f"mount --rbind {home} {ROOT_HOME}", f"mount --rbind {tmp} /tmp",
                         "mount -t tmpfs -o mode=1777 tmpfs /dev/shm"]
 
     def start(self) -> None:

@@ -151,10 +151,13 @@ def test_restarted_instance_continues_its_sequence_with_its_seeds(ray_session, w
     script = write_script(SCENE)
     with BlenderLauncher(script=script, num_instances=2, seed=20, restart_backoff=0.2, batch_size=4) as bl:
         it = iter(bl.dataset(timeout=60))
-        items = [next(it) for _ in range(24)]
+        items = []
+        while len(items) < 24 or sum(i["btid"] == 0 for i in items) < 8:  # instance 0 delivered some
+            items.append(next(it))
+        killed_at = len(items)
         old = bl.pids()
         os.kill(old[0], signal.SIGKILL)
-        while not any(i["btid"] == 0 and i["epoch"] == 1 for i in items[24:]) or len(items) < 80:
+        while not any(i["btid"] == 0 and i["epoch"] == 1 for i in items[killed_at:]) or len(items) < killed_at + 56:
             items.append(next(it))
         health = bl.health()
     assert health[0].restarts == 1 and health[1].restarts == 0
