@@ -7,6 +7,24 @@ import time
 from typing import Callable, Iterable, Sequence
 
 
+def zmq_sender(address: str, n: int, shape: tuple) -> None:
+    """The sending half of the bare pyzmq reference pair: connect a PUSH socket to ``address``
+    and send ``n`` frames of ``shape`` uint8 (plus an empty JSON header), zero-copy, at most 4
+    queued; run it in a spawned process."""
+    import numpy as np
+    import zmq
+
+    frame = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.PUSH)
+    s.setsockopt(zmq.SNDHWM, 4)
+    s.connect(address)
+    for _ in range(n):
+        s.send_multipart([b"{}", frame], copy=False)
+    s.close(linger=-1)
+    ctx.term()
+
+
 def median_rate(fn: Callable[[], int], repeat: int) -> tuple[float, list[float]]:
     """Run ``fn`` (returns a count) ``repeat`` times; median of count/seconds and all rates."""
     rates = []

@@ -32,7 +32,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import table  # noqa: E402
+from common import table, zmq_sender  # noqa: E402
 
 SCENE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scenes", "publish_only.py")
 STORE_BYTES = 1 << 30
@@ -60,20 +60,6 @@ VARIANTS: dict = {
 DEFAULT_VARIANTS = "default,inline"
 
 
-def _zmq_sender(address: str, n: int, shape: tuple) -> None:
-    import zmq
-
-    frame = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.PUSH)
-    s.setsockopt(zmq.SNDHWM, 4)
-    s.connect(address)
-    for _ in range(n):
-        s.send_multipart([b"{}", frame], copy=False)
-    s.close(linger=-1)
-    ctx.term()
-
-
 def zmq_tcp_pair(n: int, shape: tuple) -> float:
     """Frames/s of a plain pyzmq PUSH/PULL pair over tcp loopback, two processes."""
     import zmq
@@ -82,7 +68,7 @@ def zmq_tcp_pair(n: int, shape: tuple) -> float:
     r = ctx.socket(zmq.PULL)
     r.setsockopt(zmq.RCVHWM, 4)
     port = r.bind_to_random_port("tcp://127.0.0.1")
-    p = mp.get_context("spawn").Process(target=_zmq_sender, args=(f"tcp://127.0.0.1:{port}", n, shape))
+    p = mp.get_context("spawn").Process(target=zmq_sender, args=(f"tcp://127.0.0.1:{port}", n, shape))
     p.start()
     r.recv_multipart(copy=False)  # the clock starts with the first frame, as in the Ray rows
     t0 = time.perf_counter()

@@ -35,23 +35,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import median_rate, table  # noqa: E402
+from common import median_rate, table, zmq_sender  # noqa: E402
 
 SCENE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scenes", "publish_only.py")
-
-
-def _zmq_sender(address: str, n: int, shape: tuple) -> None:
-    import zmq
-
-    frame = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
-    ctx = zmq.Context()
-    s = ctx.socket(zmq.PUSH)
-    s.setsockopt(zmq.SNDHWM, 4)
-    s.connect(address)
-    for i in range(n):
-        s.send_multipart([b"{}", frame], copy=False)
-    s.close(linger=-1)
-    ctx.term()
 
 
 def zmq_pair(n: int, shape: tuple) -> int:
@@ -65,7 +51,7 @@ def zmq_pair(n: int, shape: tuple) -> int:
     r = ctx.socket(zmq.PULL)
     r.setsockopt(zmq.RCVHWM, 4)
     r.bind(address)
-    p = mp.get_context("spawn").Process(target=_zmq_sender, args=(address, n, shape))
+    p = mp.get_context("spawn").Process(target=zmq_sender, args=(address, n, shape))
     p.start()
     got = 0
     for _ in range(n):
