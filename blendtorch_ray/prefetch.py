@@ -20,6 +20,7 @@ ints, numpy arrays of objects) passes through unchanged.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Optional
 
@@ -97,7 +98,7 @@ class DevicePrefetcher:
             index = self.device.index if self.device.index is not None else torch.cuda.current_device()
             if index >= torch.cuda.device_count():
                 raise RuntimeError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) visible "
-                                   f"(CUDA_VISIBLE_DEVICES={__import__('os').environ.get('CUDA_VISIBLE_DEVICES')!r})")
+                                   f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
             self.device = torch.device("cuda", index)
         self.batches = batches
 
