@@ -140,10 +140,15 @@ def run(benches: list[Bench], out_path: str, quiet_load: float, settle_s: float,
             f"`{shown}`: {status} in {seconds:.0f} s; load average {load0:.2f} before, {load1:.2f} after.",
             "", "```", output.rstrip(), "```",
         ]
-    with open(out_path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        _write(out_path, lines)  # after every benchmark: a run that is stopped keeps what it measured
+    _write(out_path, lines)
     print(f"[bench all] report: {out_path} ({failed} failed)")
     return failed
+
+
+def _write(path: str, lines: list[str]) -> None:
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,8 +2,8 @@
 
 Blender's ``Render Result`` holds no pixels in background mode, so each frame is written
 with ``write_still`` to an uncompressed file on /dev/shm and read back with numpy:
-uncompressed Targa (Blender >= 5) or 8-bit TIFF (older Blenders, whose Targa writer goes byte
-by byte) for display-referred 8-bit RGBA (view transform applied; the same image either way)
+uncompressed 8-bit TIFF (the faster writer on every Blender measured; Targa is the
+alternative, ``Renderer.srgb8_format``) for display-referred 8-bit RGBA (view transform applied; the same image either way)
 and uncompressed OpenEXR (read with the ``OpenEXR`` package) for scene-linear float RGBA.
 Ground-truth passes (depth, instance and semantic ids, normals; see ``blender_worker.passes``)
 come from one multilayer OpenEXR of the same render: ``render(passes=("rgba", "depth"))``.
@@ -28,14 +28,16 @@ applied by Blender): uncompressed Targa or uncompressed 8-bit TIFF."""
 
 
 def default_srgb8_format() -> str:
-    """The faster 8-bit file for this Blender: Blender 3.x writes Targa one byte at a time
-    (``putc``; 640x480 Workbench frame on 3.4.1: ~86 ms render + TGA against ~50 ms with TIFF),
-    5.0 writes it in one go (TGA ~47 ms, TIFF ~61 ms). See ``benchmarks/render.py``.
+    """The faster 8-bit file on every Blender measured: uncompressed TIFF. Blender 3.x writes
+    Targa one byte at a time (``putc``; 640x480 Workbench frame on 3.4.1: ~86 ms render + TGA
+    against ~50 ms with TIFF); 5.0 writes both in one go, and TIFF was as fast or faster in every
+    run of ``benchmarks/render.py`` (render-only, 1 / 2 instances: 32.4 / 43.3 frames/s against
+    31.6 / 38.1 with Targa).
 
     Returns:
-        "tiff" on Blender < 5.0, "tga" from 5.0 on.
+        "tiff".
     """
-    return "tiff" if bpy.app.version < (5, 0, 0) else "tga"
+    return "tiff"
 
 
 ENGINES = {
