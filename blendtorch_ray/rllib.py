@@ -6,7 +6,9 @@
     algo.train()
 
 Each env runner is a Ray actor; the envs it builds (``gym.make_vec`` with
-``num_envs_per_env_runner``) each launch their own Blender on that runner's node. RLlib hands
+``num_envs_per_env_runner``) each launch their own Blender on that runner's node, or, with
+``ppo_config(..., vectorize_mode="vector_entry_point")``, share one Blender per runner (the
+env's vector entry point, e.g. ``CartPoleVectorEnv``). RLlib hands
 every sub-env the same ``EnvContext`` (``vector_index`` is always 0), so instance ids and
 launch seeds are derived here from the runner's ``worker_index``, a per-process counter and
 the pid: every Blender gets a distinct ``btid`` and seed.
@@ -67,7 +69,9 @@ class EnvCreator:
     The env config (``AlgorithmConfig.environment(env_config=...)``) overrides ``kwargs``;
     its ``"seed"`` key is the base seed. Other keys go to ``gym.make(env_id, ...)``.
     Calling it with an env config returns a new env with its own ``btid`` and seed (see
-    `instance_identity`).
+    `instance_identity`). With ``"num_envs"`` in the config (what RLlib passes with
+    ``gym_env_vectorize_mode="vector_entry_point"``) it returns the env's vector env
+    instead: ``num_envs`` sub-envs in one Blender, seeded ``seed``, ``seed + 1``, ...
     """
 
     env_id: str
@@ -75,15 +79,19 @@ class EnvCreator:
     kwargs: dict = field(default_factory=dict)
     """Default arguments of ``gym.make``; the env config overrides them."""
 
-    def __call__(self, env_config: Optional[Mapping[str, Any]] = None) -> gym.Env:
+    def __call__(self, env_config: Optional[Mapping[str, Any]] = None) -> Any:
         config = dict(self.kwargs)
         config.update(dict(env_config or {}))
-        config.pop("num_envs", None)
+        num_envs = config.pop("num_envs", None)
         base_seed = int(config.pop("seed", 0))
         worker_index = int(getattr(env_config, "worker_index", 0) or 0)
         btid, seed = instance_identity(worker_index, base_seed)
         config.setdefault("btid", btid)
         config.setdefault("seed", seed)
+        if num_envs is not None:
+            # RLlib with gym_env_vectorize_mode="vector_entry_point" asks for all of an env
+            # runner's envs at once: the env's vector entry point (one Blender for them all).
+            return gym.make_vec(self.env_id, num_envs=int(num_envs), vectorization_mode="vector_entry_point", **config)
         return gym.make(self.env_id, **config)
 
 
@@ -136,7 +144,9 @@ def ppo_config(
         num_epochs: SGD epochs per iteration.
         lr: Learning rate.
         vectorize_mode: How an env runner steps its envs: "sync" or "async" (gymnasium's
-            vectorisation modes).
+            vectorisation modes: one Blender per env), or "vector_entry_point" (all of a
+            runner's envs in one Blender; the env must have a vector entry point, as
+            ``blendtorch/CartPole-v0`` has).
         env_config: Env arguments (override the registered defaults; ``"seed"`` is the base
             seed).
         seed: Seed of RLlib itself (``debugging(seed=...)``); None: unseeded.

@@ -38,6 +38,23 @@ def test_creator_gives_distinct_ids_and_seeds_with_vector_index_zero():
         register_rllib_env("blendtorch/NoSuchEnv-v0")
 
 
+def test_creator_gives_each_runner_its_own_vector_env_when_rllib_asks_for_num_envs():
+    from blendtorch_ray.envs import CartPoleVectorEnv
+
+    creator = EnvCreator("blendtorch/CartPole-v0", {"max_episode_steps": 50})
+    # what RLlib's env runner passes with gym_env_vectorize_mode="vector_entry_point"
+    vecs = [creator(EnvContext({"seed": 3}, worker_index=w, vector_index=0) | {"num_envs": 4}) for w in (1, 2)]
+    try:
+        assert all(isinstance(v.unwrapped if hasattr(v, "unwrapped") else v, CartPoleVectorEnv) for v in vecs)
+        assert [v.num_envs for v in vecs] == [4, 4]
+        ids = [(v.config.btid, v.config.seed) for v in vecs]
+        assert len({b for b, _ in ids}) == 2 and len({s for _, s in ids}) == 2  # runners differ
+        assert all("--max-steps" in v.config.script_args for v in vecs)
+    finally:
+        for v in vecs:
+            v.close()
+
+
 @pytest.mark.blender
 @pytest.mark.slow
 @pytest.mark.timeout(300)

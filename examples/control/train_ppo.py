@@ -7,9 +7,8 @@
 Prints the mean episode return per iteration; each env runner owns its envs' Blenders. With
 ``--vectorize sync`` (or ``async``) every env has its own Blender; with ``vector_entry_point``
 an env runner's ``--envs-per-runner`` envs are the sub-envs of one
-``blendtorch_ray.envs.CartPoleVectorEnv`` (RLlib makes it with
-``gymnasium.make_vec("blendtorch_ray.envs:blendtorch/CartPole-v0", ...)``, the module prefix
-registering the id in the env runner's process).
+``blendtorch_ray.envs.CartPoleVectorEnv`` (the env creator of ``register_rllib_env`` makes it
+when RLlib asks for ``num_envs`` at once), each runner with its own btid and seed.
 """
 
 import argparse
@@ -38,15 +37,12 @@ def main() -> None:
 
     # address="local": a private Ray for this run even if another one is running on the machine.
     ray.init(address="local", num_cpus=max(2, args.env_runners + 1), include_dashboard=False, log_to_driver=False)
-    env_config = None
-    if args.vectorize == "vector_entry_point":
-        name, env_config = "blendtorch_ray.envs:blendtorch/CartPole-v0", {"max_episode_steps": args.max_episode_steps}
-    else:
-        name = register_rllib_env("blendtorch/CartPole-v0", max_episode_steps=args.max_episode_steps)
+    # One name for every mode: the creator gives each env (or each runner's vector env) its
+    # own btid and seed.
+    name = register_rllib_env("blendtorch/CartPole-v0", max_episode_steps=args.max_episode_steps)
     config = ppo_config(
         name,
         vectorize_mode=args.vectorize,
-        env_config=env_config,
         num_env_runners=args.env_runners,
         num_envs_per_env_runner=args.envs_per_runner,
         train_batch_size=args.batch,
