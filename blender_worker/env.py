@@ -13,10 +13,12 @@ A Blender script subclasses `BaseEnv`, overrides a few methods and calls ``run()
     launch, env_args, remainder = parse_env_args()
     MyEnv(launch, env_args, frame_range=(1, 10_000)).run()
 
-The driver talks to ``run()`` over a ZeroMQ REQ/REP pair: the driver's REQ socket binds
-(ipc in a private 0700 directory, or tcp on 127.0.0.1) and this REP socket connects to
-``--btcontrol``. Requests are dicts ``{"cmd": ...}``; replies are dicts, ``{"error": text}``
-on failure. Commands: ``hello`` (readiness), ``reset``, ``step``, ``render``, ``close``.
+The driver talks to ``run()`` over one message pipe (``blender_worker.pipe``: length-prefixed
+pickles over a stream socket): the driver listens (a unix socket in a private 0700 directory,
+or tcp on 127.0.0.1) and ``run()`` connects to ``--btcontrol``. Every request is answered by
+exactly one reply, in order. Requests are dicts ``{"cmd": ...}``; replies are dicts,
+``{"error": text}`` on failure. Commands: ``hello`` (readiness), ``reset``, ``step``,
+``render``, ``close``. ``run()`` returns after ``close``, or when the driver closed the pipe.
 
 Two modes:
 
@@ -27,7 +29,7 @@ Two modes:
   last action. A ``step`` is answered after the frame its action went into. When an episode
   ends the simulation holds until the next ``reset``.
 
-This module imports only the standard library, numpy, pyzmq and bpy (lazily).
+This module imports only the standard library, numpy and bpy (lazily).
 """
 
 from __future__ import annotations
@@ -38,17 +40,16 @@ from dataclasses import dataclass
 from typing import Any, Generic, Optional, TypeVar
 
 import numpy as np
-import zmq
 
-from blender_worker import sockets
-from blender_worker.protocol import KIND_ENV, EnvArgs, EnvCommand, LaunchArgs, parse_env_args  # noqa: F401 - EnvArgs, parse_env_args re-exported
+from blender_worker.pipe import MessagePipe, PipeClosed
+from blender_worker.protocol import EnvArgs, EnvCommand, LaunchArgs, parse_env_args  # noqa: F401 - EnvArgs, parse_env_args re-exported
 
 ObsType = TypeVar("ObsType")
 ActType = TypeVar("ActType")
 
-REPLY_LINGER_MS = 1000
-"""Milliseconds the last reply (to ``close``) may take to flush when ``run`` ends (ZeroMQ's
-``LINGER``)."""
+CONNECT_TIMEOUT_S = 30.0
+"""Seconds ``run`` keeps trying to reach the driver's listening socket (it listens before
+Blender starts, so the first try normally succeeds)."""
 
 IDLE_POLL_S = 0.1
 """Seconds of one wait for a request in real-time mode while the episode is over."""
@@ -194,74 +195,77 @@ class BaseEnv(Generic[ObsType, ActType]):
         return obs, float(reward), terminated, truncated, info
 
     # ----------------------------------------------------------------- serving
-    reply_linger_ms = REPLY_LINGER_MS
-    """ZeroMQ ``LINGER`` of the reply socket (see ``REPLY_LINGER_MS``)."""
-
     @staticmethod
-    def recv_request(sock: "zmq.Socket") -> dict:
+    def recv_request(pipe: MessagePipe, timeout: Optional[float] = None) -> dict:
         """Receive one request of the env channel.
 
         Args:
-            sock: The REP socket.
+            pipe: The env channel (from `connect_driver`).
+            timeout: Longest wait in seconds (0: only what already arrived); None: for ever.
 
         Returns:
             The request dict (``{"cmd": ...}``).
+
+        Raises:
+            TimeoutError: No whole request within ``timeout`` (nothing is lost).
+            blender_worker.pipe.PipeClosed: The driver closed the channel.
         """
-        return _recv(sock)
+        return pipe.recv(timeout)
 
     @staticmethod
-    def send_reply(sock: "zmq.Socket", obj: Any) -> None:
+    def send_reply(pipe: MessagePipe, obj: Any) -> None:
         """Send one reply on the env channel.
 
         Args:
-            sock: The REP socket.
+            pipe: The env channel (from `connect_driver`).
             obj: The reply.
+
+        Raises:
+            blender_worker.pipe.PipeClosed: The driver closed the channel.
         """
-        _send(sock, obj)
+        pipe.send(obj)
 
     def run(self) -> None:
-        """Serve the driver until it sends ``close`` (or goes away: the lifeline ends us)."""
+        """Serve the driver until it sends ``close`` or closes the channel (if the driver
+        process dies, the lifeline ends Blender)."""
         import bpy
 
         if not bpy.app.background:  # a UI instance (EnvConfig(ui=True)): Blender's event loop serves
             from blender_worker.interactive import serve_env
 
             return serve_env(self)
-        ctx = zmq.Context.instance()
-        sock = ctx.socket(zmq.REP)
-        sock.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
-        sock.connect(self.launch.control_address)
+        pipe = connect_driver(self.launch)
         try:
             if self.env_args.real_time:
-                self._serve_real_time(sock)
+                self._serve_real_time(pipe)
             else:
-                self._serve_stepped(sock)
+                self._serve_stepped(pipe)
+        except PipeClosed:
+            print("blender_worker.env: the env channel ended without a close command (the driver closed it)", flush=True)
         finally:
-            sock.close()
+            pipe.close()
             if self._renderer is not None:
                 self._renderer.close()
 
-    def _serve_stepped(self, sock: "zmq.Socket") -> None:
-        step, handle = EnvCommand.STEP, self._handle
+    def _serve_stepped(self, pipe: MessagePipe) -> None:
+        step, handle, recv, send = EnvCommand.STEP, self._handle, pipe.recv, pipe.send
         while True:
-            request = _recv(sock)
+            request = recv()
             if request.get("cmd") == step and not self._episode_over:  # the hot path, as _handle would
                 try:
                     reply = self._last = self.step(request.get("action"))
                 except Exception:  # noqa: BLE001 - reported to the driver, which raises it
                     reply = self._last = _error_reply()
-                _send(sock, reply)
+                send(reply)
                 continue
             reply, done = handle(request)
-            _send(sock, reply)
+            send(reply)
             if done:
                 return
 
-    def _serve_real_time(self, sock: "zmq.Socket") -> None:
+    def _serve_real_time(self, pipe: MessagePipe) -> None:
         fps = self.env_args.real_time_fps or (self.scene.render.fps / self.scene.render.fps_base)
         period = 1.0 / fps
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
         pending: Optional[dict] = None  # a step request waiting for the next frame tick
         next_frame = time.monotonic() + period
         while True:
@@ -269,8 +273,8 @@ class BaseEnv(Generic[ObsType, ActType]):
             now = time.monotonic()
             if pending is None:
                 wait = max(0.0, next_frame - now) if running else IDLE_POLL_S
-                if poller.poll(int(wait * 1000)):
-                    request = _recv(sock)
+                if pipe.poll(wait):
+                    request = pipe.recv()
                     if request.get("cmd") == EnvCommand.STEP and running:
                         pending = request  # its action goes into the next frame
                         continue
@@ -278,7 +282,7 @@ class BaseEnv(Generic[ObsType, ActType]):
                         reply, done = self._last, False  # episode over: repeat its last result
                     else:
                         reply, done = self._handle(request)
-                    _send(sock, reply)
+                    pipe.send(reply)
                     if done:
                         return
                     if request.get("cmd") == EnvCommand.RESET:
@@ -290,7 +294,7 @@ class BaseEnv(Generic[ObsType, ActType]):
                 continue
             if pending is not None:
                 self._last = self._safe(lambda: self.step(pending.get("action")))
-                _send(sock, self._last)
+                pipe.send(self._last)
                 pending = None
             else:  # nobody asked: the simulation goes on with the last action
                 self._last = self._safe(lambda: self.step(None, apply=False))
@@ -325,16 +329,24 @@ class BaseEnv(Generic[ObsType, ActType]):
             return _error_reply()
 
 
+def connect_driver(launch: LaunchArgs) -> MessagePipe:
+    """Connect to the driver's env channel (``--btcontrol``).
+
+    Args:
+        launch: The launch arguments; ``control_address`` is where the driver listens.
+
+    Returns:
+        The connected pipe.
+
+    Raises:
+        OSError: The driver did not listen within ``CONNECT_TIMEOUT_S``.
+    """
+    return MessagePipe.connect(launch.control_address, CONNECT_TIMEOUT_S)
+
+
 def _error_reply() -> dict:
     """The reply for the exception being handled: its traceback, printed to the log too."""
     text = traceback.format_exc()
     print(text, flush=True)
     return {"error": text}
 
-
-def _recv(sock: "zmq.Socket") -> dict:
-    return sockets.recv_compact(sock)
-
-
-def _send(sock: "zmq.Socket", obj: Any) -> None:
-    sockets.send_compact(sock, obj, kind=KIND_ENV)

@@ -198,18 +198,18 @@ def serve_env(env: Any) -> None:
     redraws, so the window shows the env while an agent acts on it. In real-time mode
     (``EnvConfig(real_time=True)``) the simulation advances at the scene's frame rate (or
     ``real_time_fps``), with the last action when no step request came in time; stepped mode
-    advances one frame per ``step``. ``close`` from the driver quits Blender.
+    advances one frame per ``step``. ``close`` from the driver (or a driver that closed the
+    channel) quits Blender. A tick never waits for the driver: it answers what has arrived
+    whole (``recv_request`` with timeout 0) and leaves a request still arriving to the next.
 
     Args:
         env: The env (its ``run()`` calls this when ``bpy.app.background`` is False).
     """
-    import zmq
-
+    from blender_worker.env import connect_driver
+    from blender_worker.pipe import PipeClosed
     from blender_worker.protocol import EnvCommand
 
-    sock = zmq.Context.instance().socket(zmq.REP)
-    sock.setsockopt(zmq.LINGER, env.reply_linger_ms)
-    sock.connect(env.launch.control_address)
+    pipe = connect_driver(env.launch)
     real_time = env.env_args.real_time
     fps = env.env_args.real_time_fps or (env.scene.render.fps / env.scene.render.fps_base)
     period = 1.0 / fps
@@ -219,15 +219,22 @@ def serve_env(env: Any) -> None:
     redraw = Redrawer()
 
     def finish() -> None:
-        sock.close()
+        pipe.close()
         if env._renderer is not None:  # noqa: SLF001 - as BaseEnv.run's cleanup
             env._renderer.close()  # noqa: SLF001
         bpy.app.timers.register(lambda: bpy.ops.wm.quit_blender() and None, first_interval=0.1)
 
     def answer() -> bool:
         """Answer what the driver sent; False once it closed the env."""
-        while state["pending"] is None and sock.poll(0, zmq.POLLIN):
-            request = env.recv_request(sock)
+        while state["pending"] is None:
+            try:
+                request = env.recv_request(pipe, 0)
+            except TimeoutError:  # nothing (whole) yet
+                return True
+            except PipeClosed:
+                print("blender_worker.interactive: the env channel ended without a close command (the driver closed it)", flush=True)
+                finish()
+                return False
             is_step = request.get("cmd") == EnvCommand.STEP
             if is_step and real_time and not env._episode_over:  # noqa: SLF001
                 state["pending"] = request  # its action goes into the next frame
@@ -236,7 +243,7 @@ def serve_env(env: Any) -> None:
                 reply, done = env._last, False  # noqa: SLF001
             else:
                 reply, done = env._handle(request)  # noqa: SLF001 - stepped: the step runs here
-            env.send_reply(sock, reply)
+            env.send_reply(pipe, reply)
             if done:
                 finish()
                 return False
@@ -255,7 +262,7 @@ def serve_env(env: Any) -> None:
         pending, state["pending"] = state["pending"], None
         if pending is not None:
             env._last = env._safe(lambda: env.step(pending.get("action")))  # noqa: SLF001
-            env.send_reply(sock, env._last)  # noqa: SLF001
+            env.send_reply(pipe, env._last)  # noqa: SLF001
         else:  # nobody asked: the simulation goes on with the last action
             env._last = env._safe(lambda: env.step(None, apply=False))  # noqa: SLF001
         state["next"] = max(state["next"] + period, now - period)

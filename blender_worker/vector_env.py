@@ -17,11 +17,11 @@ apart so that they cannot touch), overrides a few batch methods and calls ``run(
     MyVectorEnv(launch, env_args, frame_range=(1, 20_000)).run()
 
 The driver (``blendtorch_ray.vector_env.BlenderVectorEnv``) launches Blender with
-``--btnumenvs N`` and talks to ``run()`` over the same REQ/REP pair as a single env
-(``blender_worker.env``), with the vector commands of ``blender_worker.protocol.EnvCommand``:
+``--btnumenvs N`` and talks to ``run()`` over the same message pipe as a single env
+(``blender_worker.env``, ``blender_worker.pipe``), with the vector commands of ``blender_worker.protocol.EnvCommand``:
 ``hello`` (answered with ``num_envs``), ``vreset``, ``vstep``, ``render``, ``close``. Every
 reply carries one numpy array per quantity with the sub-envs along axis 0, so a step of 256
-sub-envs is one small message (``blender_worker.sockets.send_compact``), not 256.
+sub-envs is one small message (``blender_worker.pipe.MessagePipe.send``), not 256.
 
 Autoreset follows gymnasium's next-step mode: a sub-env whose episode ended (terminated or
 truncated) in one step is reset by the next step, which ignores its action and returns its
@@ -38,7 +38,7 @@ sub-env is truncated and the next step starts them all from the first frame agai
 reset). By default the window is ``MAX_WINDOW`` frames, shortened so that the cache stays
 within ``CACHE_BUDGET_BYTES``.
 
-This module imports only the standard library, numpy, pyzmq and bpy (lazily).
+This module imports only the standard library, numpy and bpy (lazily).
 """
 
 from __future__ import annotations
@@ -46,11 +46,10 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import numpy as np
-import zmq
 
-from blender_worker import sockets
-from blender_worker.env import REPLY_LINGER_MS, _error_reply
-from blender_worker.protocol import KIND_ENV, EnvArgs, EnvCommand, LaunchArgs
+from blender_worker.env import _error_reply, connect_driver
+from blender_worker.pipe import PipeClosed
+from blender_worker.protocol import EnvArgs, EnvCommand, LaunchArgs
 
 MAX_WINDOW = 20_000
 """Most frames between two full resets (see the module docstring)."""
@@ -263,20 +262,20 @@ class VectorEnv:
 
     # ----------------------------------------------------------------- serving
     def run(self) -> None:
-        """Serve the driver until it sends ``close`` (or goes away: the lifeline ends us)."""
-        ctx = zmq.Context.instance()
-        sock = ctx.socket(zmq.REP)
-        sock.setsockopt(zmq.LINGER, REPLY_LINGER_MS)
-        sock.connect(self.launch.control_address)
+        """Serve the driver until it sends ``close`` or closes the channel (if the driver
+        process dies, the lifeline ends Blender)."""
+        pipe = connect_driver(self.launch)
+        recv, send, handle = pipe.recv, pipe.send, self._handle
         try:
             while True:
-                request = sockets.recv_compact(sock)
-                reply, done = self._handle(request)
-                sockets.send_compact(sock, reply, kind=KIND_ENV)
+                reply, done = handle(recv())
+                send(reply)
                 if done:
                     return
+        except PipeClosed:
+            print("blender_worker.vector_env: the env channel ended without a close command (the driver closed it)", flush=True)
         finally:
-            sock.close()
+            pipe.close()
 
     def _handle(self, request: dict) -> tuple[Any, bool]:
         """Answer one request; returns ``(reply, close_now)``."""

@@ -1,8 +1,10 @@
 """A ``gymnasium.Env`` whose simulation runs in its own Blender process.
 
 ``BlenderEnv`` launches Blender (bpy wheel or binary, see ``blendtorch_ray.blender``) with a
-script that subclasses ``blender_worker.env.BaseEnv``, and talks to it over ZeroMQ REQ/REP:
-this side binds (ipc in a private 0700 directory, or tcp on 127.0.0.1), Blender connects.
+script that subclasses ``blender_worker.env.BaseEnv``, and talks to it over one message pipe
+(``blender_worker.pipe``: length-prefixed pickles over a stream socket, one request and one
+reply at a time): this side listens (a unix socket in a private 0700 directory, or tcp on
+127.0.0.1), Blender connects.
 Blender starts lazily on the first ``reset()`` (so that building an env to read its spaces,
 as vector envs and RLlib do, costs no process) or on ``start()``.
 
@@ -22,10 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
-import zmq
 
-from blender_worker import sockets
-from blender_worker.protocol import KIND_ENV, EnvArgs, EnvCommand, LaunchArgs
+from blender_worker.pipe import MessagePipe, PipeClosed, PipeListener
+from blender_worker.protocol import EnvArgs, EnvCommand, LaunchArgs
 from blendtorch_ray.blender import find_blender
 from blendtorch_ray.config import BlenderSpec
 from blendtorch_ray.extras import require
@@ -39,6 +40,10 @@ log = logging.getLogger("blendtorch_ray")
 
 ALIVE_CHECK_MS = 100
 """Milliseconds between two checks that Blender still lives while a request waits."""
+
+EXIT_WAIT_S = 2.0
+"""Seconds to wait for Blender's exit code once it closed the pipe (it closes when it exits),
+so that the error names how it ended."""
 
 CLOSE_REPLY_WAIT_MS = 2000
 """Milliseconds ``close`` waits for Blender to acknowledge the ``close`` command before it
@@ -90,16 +95,25 @@ class EnvConfig(BlenderSpec):
 
 
 class _Connection:
-    """One Blender process and the REQ socket that talks to it."""
+    """One Blender process and the message pipe that talks to it.
+
+    The listener is bound before Blender starts; ``BlenderEnv._exchange`` accepts Blender's
+    connection on the first request (``pipe`` is None until then) and closes the listener.
+    ``in_flight``: a request was sent whose reply was not received yet (an interrupted
+    exchange); the next exchange reads that reply first, so requests and replies stay paired.
+    """
 
     def __init__(self, config: EnvConfig, epoch: int, num_envs: Optional[int] = None) -> None:
         self.config = config
         self.dir = PrivateDir(prefix=owned_prefix(f"env{config.btid}"))
-        self.ctx = zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.REQ)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.RCVTIMEO, ALIVE_CHECK_MS)  # bounds every blocking receive
-        self.address = sockets.bind(self.sock, config.transport, self.dir.path, "env")
+        try:
+            self.listener = PipeListener(config.transport, self.dir.path, "env")
+        except BaseException:
+            self.dir.cleanup()
+            raise
+        self.pipe: Optional[MessagePipe] = None
+        self.in_flight = False
+        self.address = self.listener.address
         log_dir = config.log_dir or self.dir.path
         os.makedirs(log_dir, exist_ok=True)
         self.log_path = os.path.join(log_dir, f"env-{config.btid}-{epoch}-{os.getpid()}.log")
@@ -112,22 +126,24 @@ class _Connection:
                 [*args, *config.script_args], self.log_path, env=config.env or None,
             )
         except BaseException:
-            self.sock.close(0)
+            self.listener.close()
             self.dir.cleanup()
             raise
         self.ready = False
 
     def close(self) -> None:
-        """End Blender (asking nicely first if it is idle) and release the socket and dir."""
-        if self.proc.alive() and self.ready:
+        """End Blender (asking nicely first if it is idle) and release the sockets and dir."""
+        pipe = self.pipe
+        if pipe is not None and self.ready and not self.in_flight and self.proc.alive():
             try:
-                sockets.send(self.sock, {"cmd": EnvCommand.CLOSE}, kind=KIND_ENV, flags=zmq.NOBLOCK)
-                if self.sock.poll(CLOSE_REPLY_WAIT_MS):
-                    self.sock.recv_multipart()
-            except zmq.ZMQError as exc:  # best effort: terminate() below ends Blender anyway
-                log.debug("env btid=%d: close command not delivered (%s)", self.config.btid, exc)
+                pipe.send({"cmd": EnvCommand.CLOSE})
+                pipe.recv(CLOSE_REPLY_WAIT_MS / 1000)
+            except (OSError, EOFError, ValueError) as exc:  # best effort: terminate() below ends Blender anyway
+                log.debug("env btid=%d: close command not answered (%s: %s)", self.config.btid, type(exc).__name__, exc)
         self.proc.terminate()
-        self.sock.close(0)
+        if pipe is not None:
+            pipe.close()
+        self.listener.close()
         self.dir.cleanup()
 
 
@@ -236,24 +252,64 @@ class BlenderEnv(gym.Env):
     def _exchange(self, conn: _Connection, message: dict, what: str, timeout: float, died: type) -> Any:
         """Send one request and wait for its reply, checking every ``ALIVE_CHECK_MS`` that Blender lives.
 
-        The send waits too: a REQ socket has nobody to send to until Blender has connected.
-        Fast path (a step): one non-blocking send and one blocking receive that the socket's
-        ``RCVTIMEO`` (``ALIVE_CHECK_MS``) bounds; only a send that cannot go out yet polls.
-        Messages are single-frame pickles (``sockets.send_compact``).
+        The first request waits for Blender to connect (accepted in ``ALIVE_CHECK_MS`` slices).
+        Fast path (a step): one ``send`` and one blocking ``recv`` bounded by ``ALIVE_CHECK_MS``
+        (the kernel's receive timeout), i.e. one system call each way. A pipe that Blender
+        closed raises ``died`` at once (Blender closes it when it exits).
         """
-        sock = conn.sock
         deadline = time.monotonic() + timeout
+        pipe = conn.pipe
+        if pipe is None or conn.in_flight:
+            pipe = self._ready_pipe(conn, what, timeout, deadline, died)
         try:
-            sockets.send_compact(sock, message, kind=KIND_ENV, flags=zmq.NOBLOCK)
-        except zmq.Again:  # Blender has not connected yet
-            while not sock.poll(ALIVE_CHECK_MS, zmq.POLLOUT):
-                self._check(conn, what, timeout, deadline, died)
-            sockets.send_compact(sock, message, kind=KIND_ENV)
+            pipe.send(message)
+        except PipeClosed:
+            self._closed(conn, what, died)
+        conn.in_flight = True
+        reply = self._receive(conn, pipe, what, timeout, deadline, died)
+        conn.in_flight = False
+        return reply
+
+    def _receive(self, conn: _Connection, pipe: MessagePipe, what: str, timeout: float, deadline: float,
+                 died: type) -> Any:
+        """The reply to the request in flight, in ``ALIVE_CHECK_MS`` slices between which
+        ``_check`` runs."""
+        slice_s = ALIVE_CHECK_MS / 1000
         while True:
             try:
-                return sockets.recv_compact(sock)
-            except zmq.Again:  # RCVTIMEO passed: is Blender still there?
+                return pipe.recv(slice_s)
+            except TimeoutError:  # is Blender still there?
                 self._check(conn, what, timeout, deadline, died)
+            except PipeClosed:
+                self._closed(conn, what, died)
+
+    def _ready_pipe(self, conn: _Connection, what: str, timeout: float, deadline: float, died: type) -> MessagePipe:
+        """The connection's pipe, ready for a request: accepts Blender's connection on the
+        first request, and reads the reply of an interrupted exchange (discarded)."""
+        slice_s = ALIVE_CHECK_MS / 1000
+        while conn.pipe is None:
+            conn.pipe = conn.listener.accept(slice_s)
+            if conn.pipe is None:
+                self._check(conn, what, timeout, deadline, died)
+            else:
+                conn.listener.close()  # one peer per Blender: nobody else may connect
+        if conn.in_flight:
+            self._receive(conn, conn.pipe, what, timeout, deadline, died)
+            conn.in_flight = False
+        return conn.pipe
+
+    def _closed(self, conn: _Connection, what: str, died: type) -> None:
+        """Raise ``died`` (and mark the env broken): Blender closed the pipe, i.e. it exits."""
+        self._broken = True
+        limit = time.monotonic() + EXIT_WAIT_S
+        while conn.proc.alive() and time.monotonic() < limit:  # its exit code follows the close
+            time.sleep(0.005)
+        how = "closed the env connection" if conn.proc.alive() else f"{conn.proc.describe_exit()} (it closed the env connection)"
+        raise died(
+            f"env btid={self.config.btid}: Blender {how} while waiting for {what}; the next reset() "
+            "starts a fresh Blender",
+            btid=self.config.btid, log_tail=conn.proc.log_tail(), log_path=conn.log_path,
+        )
 
     def _check(self, conn: _Connection, what: str, timeout: float, deadline: float, died: type) -> None:
         """Raise (and mark the env broken) when Blender died or the deadline passed."""

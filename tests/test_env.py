@@ -273,39 +273,3 @@ def test_interpreter_exit_ends_blender(tmp_path):
     logs = list(tmp_path.glob("env-*.log"))
     assert len(logs) == 1 and "the driver closed the env" in logs[0].read_text()
 
-
-def test_compact_messages_round_trip_and_fall_back_for_big_arrays():
-    """The env channel's one-frame messages (sockets.send_compact / recv_compact): values,
-    dtypes and shapes survive, arrays arrive writable, a big array goes as framed message."""
-    import zmq
-
-    from blender_worker import sockets
-
-    ctx = zmq.Context.instance()
-    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
-    try:
-        a.bind("inproc://compact-test")
-        b.connect("inproc://compact-test")
-        small = (np.arange(4, dtype=np.float32), 1.0, False, True, {"k": np.array(3), "f": np.asfortranarray(np.eye(2, 3))})
-        structured = np.zeros(2, dtype=[("x", "<f4"), ("y", ">i2")])
-        big = {"image": np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)}
-        for obj in (small, {"cmd": "step", "action": 1}, structured, big):
-            sockets.send_compact(a, obj)
-            got = sockets.recv_compact(b)
-            if obj is big:
-                np.testing.assert_array_equal(got["image"], big["image"])
-            elif obj is structured:
-                assert got.dtype == structured.dtype and got.tolist() == structured.tolist()
-            elif obj is small:
-                obs, reward, terminated, truncated, info = got
-                assert obs.dtype == np.float32 and obs.tolist() == [0.0, 1.0, 2.0, 3.0] and obs.flags.writeable
-                assert (reward, terminated, truncated) == (1.0, False, True)
-                assert info["k"].shape == () and int(info["k"]) == 3
-                np.testing.assert_array_equal(info["f"], np.eye(2, 3))
-            else:
-                assert got == obj
-        sockets.send_compact(a, big)
-        assert len(b.recv_multipart()) > 1  # the framed codec, arrays out of band
-    finally:
-        a.close(0)
-        b.close(0)
