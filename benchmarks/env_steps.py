@@ -10,6 +10,10 @@ no rendering):
 * the floor: a bare Blender that answers ZeroMQ REQ/REP (one-frame messages, blocking
   sockets, no codec, no env logic) and calls ``scene.frame_set`` once per request: what any
   out-of-process Blender step costs on this machine;
+* the pipe floor: the same bare Blender over the env's own channel, the message pipe of
+  ``blender_worker.pipe`` (length-prefixed pickles over a unix stream socket; ``MessagePipe``
+  as the env uses it, so its ~1 us of pickling per message is in), one ``frame_set`` per
+  request;
 * floor + push: the same, plus the env's action (``motor_lin_target_velocity`` += a +-10 N
   push, alternating): a moving cart costs the physics more than a resting one;
 * the env: ``gymnasium.make("blendtorch/CartPole-v0", blender=...)``, driven by a balancing
@@ -23,8 +27,9 @@ no rendering):
 Windows of the floor and the env alternate (``--repeat`` of each, ``--steps`` steps per
 window) so that both see the same machine load; the table shows medians. Start-up is excluded.
 CPU rows: what each side spent per step (Blender: all its threads, from ``/proc``; driver: the
-calling thread), less sensitive to other load on the machine than steps/s. Last, a bare ZeroMQ REQ/REP round trip to a plain Python process (no Blender): the transport
-alone.
+calling thread), less sensitive to other load on the machine than steps/s. Last, the two
+transports alone, to a plain Python echo process (no Blender): a bare ZeroMQ REQ/REP round trip
+and a bare message-pipe round trip.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import numpy as np
 import zmq
 
 import blendtorch_ray.envs  # noqa: F401 - registers the Blender envs
+from blender_worker.pipe import MessagePipe, PipeListener
 from blendtorch_ray.blender import find_blender
 from blendtorch_ray.process import BlenderProcess
 
@@ -77,6 +83,48 @@ while True:
         motor.motor_lin_target_velocity += dv if msg == b"1" else -dv
     scene.frame_set(frame)
     sock.send(b"%d" % frame)
+"""
+
+_FLOOR_PIPE = """
+import sys
+import bpy
+from blender_worker.pipe import MessagePipe
+from blender_worker.scenes.cartpole_scene import build_scene
+
+argv = sys.argv[sys.argv.index("--") + 1:]
+address, last = argv[0], 502
+objs = build_scene(50)
+scene = bpy.context.scene
+scene.frame_start, scene.frame_end = 1, last
+rbw = scene.rigidbody_world
+rbw.point_cache.frame_start, rbw.point_cache.frame_end = 1, last
+pipe = MessagePipe.connect(address)
+recv, send = pipe.recv, pipe.send
+frame = 1
+scene.frame_set(frame)
+while True:
+    msg = recv()
+    if msg == b"stop":
+        send(b"bye")
+        break
+    frame += 1
+    if frame >= last:  # like an env reset: rewind the physics
+        frame = 1
+        objs["motor"].motor_lin_target_velocity = 0.0
+        rbw.time_scale = rbw.time_scale
+    scene.frame_set(frame)
+    send(b"%d" % frame)
+"""
+
+_ECHO_PIPE = """
+import sys
+from blender_worker.pipe import MessagePipe
+p = MessagePipe.connect(sys.argv[1])
+while True:
+    m = p.recv()
+    p.send(m)
+    if m == b"stop":
+        break
 """
 
 _ECHO = """
@@ -160,6 +208,44 @@ class Floor:
         self.sock.close(0)
 
 
+class PipeFloor:
+    """A bare Blender answering over the env's message pipe with one ``frame_set`` per request."""
+
+    def __init__(self, blender: str, tmp: str) -> None:
+        tag = "".join(c if c.isalnum() else "_" for c in blender)
+        self.listener = PipeListener("ipc", tmp, name=f"floorpipe-{tag}")
+        script = os.path.join(tmp, f"floorpipe-{tag}.py")
+        with open(script, "w") as f:
+            f.write(_FLOOR_PIPE)
+        log = os.path.join(tmp, f"floorpipe-{tag}.log")
+        self.proc = BlenderProcess(find_blender(blender), script, None, [self.listener.address], log)
+        pipe = self.listener.accept(120)
+        if pipe is None:
+            self.proc.terminate()
+            raise RuntimeError(f"the pipe floor's Blender did not connect in 120 s:\n{self.proc.log_tail()}")
+        self.pipe = pipe
+        pipe.send(b"go")
+        pipe.recv(120)
+
+    def window(self, steps: int) -> float:
+        send, recv = self.pipe.send, self.pipe.recv
+        t0 = time.perf_counter()
+        for i in range(steps):
+            send(b"1" if i & 1 else b"0")
+            recv(10.0)
+        return steps / (time.perf_counter() - t0)
+
+    def close(self) -> None:
+        try:
+            self.pipe.send(b"stop")
+            self.pipe.recv(10.0)
+        except (OSError, EOFError):
+            pass
+        self.proc.terminate()
+        self.pipe.close()
+        self.listener.close()
+
+
 class VectorEnv:
     """``num_envs`` cartpoles in one Blender under the balancing controller; times ``step()``
     (autoresets included, as RL sees them) and counts sub-env steps."""
@@ -217,36 +303,39 @@ class Env:
 
 def run_blender(blender: str, steps: int, repeat: int, tmp: str, num_envs: list) -> dict:
     floor = Floor(blender, tmp)
-    pushed, env, vectors = None, None, {}
+    pipefloor, pushed, env, vectors = None, None, None, {}
     try:
+        pipefloor = PipeFloor(blender, tmp)
         pushed = Floor(blender, tmp, push=True)
         env = Env(blender)
         for n in num_envs:
             vectors[f"vec{n}"] = VectorEnv(blender, n)
-        runners = {"floor": floor, "pushed": pushed, "env": env, **vectors}
+        runners = {"floor": floor, "pipefloor": pipefloor, "pushed": pushed, "env": env, **vectors}
         for runner in runners.values():
             runner.window(min(steps, 500))  # warm-up
         env.resets.clear()
-        pids = {"floor": floor.proc.pid, "pushed": pushed.proc.pid, "env": env.env.unwrapped.pid,
-                **{k: v.env.unwrapped.pid for k, v in vectors.items()}}
+        pids = {"floor": floor.proc.pid, "pipefloor": pipefloor.proc.pid, "pushed": pushed.proc.pid,
+                "env": env.env.unwrapped.pid, **{k: v.env.unwrapped.pid for k, v in vectors.items()}}
         runs: dict = {name: [] for name in pids}
         for _ in range(repeat):
             for name, runner in runners.items():
                 runs[name].append(timed(runner, pids[name], steps))
-        floors, pusheds, envs = ([r[0] for r in runs[k]] for k in ("floor", "pushed", "env"))
+        floors, pipefloors, pusheds, envs = ([r[0] for r in runs[k]] for k in ("floor", "pipefloor", "pushed", "env"))
         cpu = {f"{k}_{part}": statistics.median(r[i] for r in runs[k]) for k in runs for i, part in ((1, "blender_cpu"), (2, "driver_cpu"))}
         vec = {}
         for k in vectors:
             rates = [r[0] for r in runs[k]]
             vec[k] = statistics.median(rates)
             vec[f"{k}_ratio"] = statistics.median([v / e for v, e in zip(rates, envs)])
-        return {**cpu, **vec, "floor": statistics.median(floors), "pushed": statistics.median(pusheds), "env": statistics.median(envs),
+        return {**cpu, **vec, "floor": statistics.median(floors), "pipefloor": statistics.median(pipefloors),
+                "pushed": statistics.median(pusheds), "env": statistics.median(envs),
                 "ratio": statistics.median([e / f for e, f in zip(envs, floors)]),
+                "ratio_pipe": statistics.median([e / f for e, f in zip(envs, pipefloors)]),
                 "ratio_pushed": statistics.median([e / f for e, f in zip(envs, pusheds)]),
                 "reset_ms": 1000 * statistics.median(env.resets) if env.resets else float("nan"),
                 "resets": len(env.resets)}
     finally:
-        for runner in (floor, pushed, env, *vectors.values()):
+        for runner in (floor, pipefloor, pushed, env, *vectors.values()):
             if runner is not None:
                 runner.close()
 
@@ -276,6 +365,36 @@ def run_echo(steps: int, repeat: int, tmp: str) -> float:
     return statistics.median(rates)
 
 
+def run_echo_pipe(steps: int, repeat: int, tmp: str) -> float:
+    """Round trips/s of a bare message pipe (``blender_worker.pipe``) over a unix stream socket
+    to a plain Python echo process."""
+    listener = PipeListener("ipc", tmp, name="echo-pipe")
+    proc = subprocess.Popen([sys.executable, "-c", _ECHO_PIPE, listener.address])
+    pipe = None
+    try:
+        pipe = listener.accept(30)
+        if pipe is None:
+            raise RuntimeError("the pipe echo process did not connect in 30 s")
+        send, recv = pipe.send, pipe.recv
+        send(b"ping")
+        recv(10.0)
+        rates = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                send(b"ping")
+                recv(10.0)
+            rates.append(steps / (time.perf_counter() - t0))
+        send(b"stop")
+        recv(10.0)
+    finally:
+        proc.wait(10)
+        if pipe is not None:
+            pipe.close()
+        listener.close()
+    return statistics.median(rates)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--blender", default="bpy,blender", help="comma-separated Blenders (bpy, blender, a path)")
@@ -291,6 +410,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         results = {b: run_blender(b, steps, repeat, tmp, num_envs) for b in blenders}
         echo = run_echo(steps, repeat, tmp)
+        echo_pipe = run_echo_pipe(steps, repeat, tmp)
 
     print(f"\nblendtorch/CartPole-v0, medians of {repeat} alternating windows of {steps} steps, no rendering "
           f"({time.strftime('%Y-%m-%d')}, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
@@ -300,15 +420,19 @@ def main() -> None:
     print(f"|{'-' * 60}|" + "|".join("-" * 15 + ":" for _ in cols) + "|")
     rows = [
         ("floor: bare Blender REQ/REP + frame_set (steps/s)", "floor", "{:,.0f}"),
+        ("floor: bare Blender message pipe + frame_set (steps/s)", "pipefloor", "{:,.0f}"),
         ("floor + push: also sets the motor velocity (steps/s)", "pushed", "{:,.0f}"),
         ("env: gym.make('blendtorch/CartPole-v0').step() (steps/s)", "env", "{:,.0f}"),
         ("env / floor", "ratio", "{:.2f}"),
+        ("env / floor (message pipe)", "ratio_pipe", "{:.2f}"),
         ("env / (floor + push)", "ratio_pushed", "{:.2f}"),
         ("reset() (ms, median)", "reset_ms", "{:.2f}"),
         ("Blender CPU per step, all threads (us): floor", "floor_blender_cpu", "{:.0f}"),
+        ("Blender CPU per step, all threads (us): pipe floor", "pipefloor_blender_cpu", "{:.0f}"),
         ("Blender CPU per step, all threads (us): floor + push", "pushed_blender_cpu", "{:.0f}"),
         ("Blender CPU per step, all threads (us): env", "env_blender_cpu", "{:.0f}"),
         ("driver thread CPU per step (us): floor", "floor_driver_cpu", "{:.0f}"),
+        ("driver thread CPU per step (us): pipe floor", "pipefloor_driver_cpu", "{:.0f}"),
         ("driver thread CPU per step (us): env", "env_driver_cpu", "{:.0f}"),
     ]
     for n in num_envs:
@@ -320,6 +444,7 @@ def main() -> None:
     for label, key, fmt in rows:
         print(f"| {label:58s} | " + " | ".join(f"{fmt.format(results[b][key]):>14s}" for b in blenders) + " |")
     print(f"| {'bare ZeroMQ REQ/REP round trip, plain Python, no Blender':58s} | {echo:>14,.0f} |")
+    print(f"| {'bare message pipe round trip, plain Python, no Blender':58s} | {echo_pipe:>14,.0f} |")
     print(f"\nresets timed: " + ", ".join(f"{names.get(b, b)} {results[b]['resets']}" for b in blenders))
 
 
