@@ -233,7 +233,7 @@ class BaseEnv(Generic[ObsType, ActType]):
         if not bpy.app.background:  # a UI instance (EnvConfig(ui=True)): Blender's event loop serves
             from blender_worker.interactive import serve_env
 
-            return serve_env(self)
+            return serve_env(self, connect_driver(self.launch))
         pipe = connect_driver(self.launch)
         try:
             if self.env_args.real_time:

@@ -191,7 +191,7 @@ ENV_POLL_S = MIN_TICK_S
 """Seconds between two looks for a driver request of an env served from the event loop."""
 
 
-def serve_env(env: Any) -> None:
+def serve_env(env: Any, pipe: Any) -> None:
     """Serve a `blender_worker.env.BaseEnv` from Blender's event loop (a UI instance).
 
     What ``BaseEnv.run`` does in the background, as a timer: requests are answered between two
@@ -204,12 +204,12 @@ def serve_env(env: Any) -> None:
 
     Args:
         env: The env (its ``run()`` calls this when ``bpy.app.background`` is False).
+        pipe: The env channel, connected (a `blender_worker.pipe.MessagePipe`); closed when
+            the driver closes the env.
     """
-    from blender_worker.env import connect_driver
     from blender_worker.pipe import PipeClosed
     from blender_worker.protocol import EnvCommand
 
-    pipe = connect_driver(env.launch)
     real_time = env.env_args.real_time
     fps = env.env_args.real_time_fps or (env.scene.render.fps / env.scene.render.fps_base)
     period = 1.0 / fps
