@@ -11,8 +11,9 @@ the table shows medians and the spread over --repeat rounds:
                  next to the consumer: the same-node path (shared-memory ring);
   * cross node : the same cluster, the Blender's actor placed on a second node (its own
                  raylet and object store) by a custom resource, the consumer on the head node:
-                 every batch crosses between the two object stores over loopback tcp;
-                 one row per variant (--variants), see VARIANTS.
+                 every batch crosses between the nodes over loopback tcp, by the direct tcp
+                 link (the default, blendtorch_ray/tcp_link.py) or between the two object
+                 stores; one row per variant (--variants), see VARIANTS.
 Every Ray row: Blender (bpy wheel) publishes a prepared frame + small dict -> shared-memory
 slot -> actor -> one object per batch -> RemoteIterableDataset -> DataLoader batches of 8
 (collate copies the frames into one tensor), clock from the first batch after a warm-up.
@@ -42,22 +43,27 @@ stream of batches needs, and every simulated node would claim it)."""
 INLINE = {"RAY_max_direct_call_object_size": str(16 << 20), "RAY_task_rpc_inlined_bytes_limit": str(64 << 20)}
 """Ray settings under which a batch travels inside the RPC that reports it to the consumer
 (up to 16 MiB per object) instead of through both nodes' object stores and raylets."""
+OBJECT_STORE = {"cross_node": "object_store"}
+"""Launcher options of the rows through Ray's object stores."""
 VARIANTS: dict = {
     # name: (what the row is, launcher options, environment of the cluster's processes).
     # Tried and dropped (see docs/scaling.md): packing each batch's arrays into one block per
     # key before the object store (0.70x of the plain batch with Ray defaults, +8% inlined).
-    "default": ("Ray defaults (object stores and raylets)", {}, {}),
-    "inline": ("batches inlined in the RPC (INLINE)", {}, INLINE),
-    "inline4": ("inlined, batch_size=4", {"batch_size": 4}, INLINE),
-    "inline16": ("inlined, batch_size=16", {"batch_size": 16}, {**INLINE, "RAY_max_direct_call_object_size": str(32 << 20)}),
-    "batch32": ("batch_size=32, Ray defaults", {"batch_size": 32}, {}),
-    "prealloc": ("RAY_preallocate_plasma_memory=1", {}, {"RAY_preallocate_plasma_memory": "1"}),
-    "chunk1": ("1 MiB transfer chunks", {}, {"RAY_object_manager_default_chunk_size": str(1 << 20)}),
-    "chunk64": ("64 MiB transfer chunks", {}, {"RAY_object_manager_default_chunk_size": str(64 << 20)}),
+    "tcp": ("direct tcp link, actor -> consumer (the default: StreamConfig.cross_node='tcp')", {}, {}),
+    "tcp16": ("direct tcp link, batch_size=16", {"batch_size": 16}, {}),
+    "default": ("object store, Ray defaults (object stores and raylets)", OBJECT_STORE, {}),
+    "inline": ("object store, batches inlined in the RPC (INLINE)", OBJECT_STORE, INLINE),
+    "inline4": ("object store, inlined, batch_size=4", {**OBJECT_STORE, "batch_size": 4}, INLINE),
+    "inline16": ("object store, inlined, batch_size=16", {**OBJECT_STORE, "batch_size": 16},
+                 {**INLINE, "RAY_max_direct_call_object_size": str(32 << 20)}),
+    "batch32": ("object store, batch_size=32, Ray defaults", {**OBJECT_STORE, "batch_size": 32}, {}),
+    "prealloc": ("object store, RAY_preallocate_plasma_memory=1", OBJECT_STORE, {"RAY_preallocate_plasma_memory": "1"}),
+    "chunk1": ("object store, 1 MiB transfer chunks", OBJECT_STORE, {"RAY_object_manager_default_chunk_size": str(1 << 20)}),
+    "chunk64": ("object store, 64 MiB transfer chunks", OBJECT_STORE, {"RAY_object_manager_default_chunk_size": str(64 << 20)}),
     "local-store": ("SAME node, ring off: object store, Ray defaults", {"shared_memory_ring": False,
                                                                        "_resources": {"head": 1}}, {}),
 }
-DEFAULT_VARIANTS = "default,inline"
+DEFAULT_VARIANTS = "tcp,default,inline"
 
 
 def zmq_tcp_pair(n: int, shape: tuple) -> float:

@@ -9,7 +9,9 @@ places instances and consumers. Every instance is a publish-only Blender (bpy wh
 prepared 640x480x4 uint8 frame + small dict per item, no rendering), streaming for
 ``--seconds`` after a warm-up. Two consumer layouts:
   * one consumer : the driver on the head node reads every instance (a trainer node with no
-                   instance of its own: every item crosses between nodes);
+                   instance of its own: every item crosses between nodes, by the direct tcp
+                   link, the default, or with ``--cross-node object_store`` through Ray's
+                   object stores);
   * per node     : one consumer actor per node reads only the instances of its node (the
                    same-node shared-memory ring: nothing should cross).
 Columns: aggregate items/s (all consumers together); CPU seconds per item (user + system,
@@ -142,7 +144,7 @@ class Consumer:
         return os.getpid()
 
 
-def run_config(cluster, nodes: int, per_node: int, layout: str, seconds: float) -> dict:
+def run_config(cluster, nodes: int, per_node: int, layout: str, seconds: float, cross_node: str = "tcp") -> dict:
     import ray
 
     from blendtorch_ray import BlenderLauncher
@@ -167,8 +169,8 @@ def run_config(cluster, nodes: int, per_node: int, layout: str, seconds: float) 
             from blendtorch_ray.dataset import RemoteIterableDataset
 
             me = ray.get_runtime_context().get_node_id()
-            datasets = [iter(RemoteIterableDataset(bl.name, bl.namespace, per_node, timeout=120, shared_memory_ring=True))
-                        for bl in launchers]
+            datasets = [iter(RemoteIterableDataset(bl.name, bl.namespace, per_node, timeout=120, shared_memory_ring=True,
+                                                   cross_node=cross_node)) for bl in launchers]
             for it in datasets:
                 for _ in range(16):  # warm up: streams open
                     next(it)
@@ -240,6 +242,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=6.0, help="measured seconds per run")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--inline", action="store_true", help="start Ray with batches inlined in RPCs (INLINE_ENV)")
+    ap.add_argument("--cross-node", default="tcp", choices=("tcp", "object_store"),
+                    help="how the one-consumer layout reads other nodes' instances (StreamConfig.cross_node)")
     ap.add_argument("--grid", default="", help="explicit grid, e.g. '1x1,2x2' (nodes x instances per node)")
     args = ap.parse_args()
     if args.grid:
@@ -259,7 +263,7 @@ def main() -> int:
         try:
             for n, k in [g for g in grid if g[0] == nodes]:
                 for layout in ("one", "per-node"):
-                    runs = [run_config(cluster, n, k, layout, args.seconds) for _ in range(args.repeat)]
+                    runs = [run_config(cluster, n, k, layout, args.seconds, args.cross_node) for _ in range(args.repeat)]
                     med = {key: statistics.median(r[key] for r in runs) for key in runs[0] if key != "idle"}
                     idle = [r["idle"] for r in runs if r["idle"] is not None]
                     rates = [r["rate"] for r in runs]
@@ -277,7 +281,8 @@ def main() -> int:
                  "raylet CPU ms/item", "consumer CPU ms/item", "Blender CPU ms/item", "GCS CPU ms/item", "Ray transfer MiB/item",
                  "payload from other nodes MiB/item", "idle cores"], rows,
                 title=f"Scaling, publish-only 640x480x4 uint8 items, {args.seconds:g} s per run, "
-                      f"{'inlined batches' if args.inline else 'Ray defaults'}"))
+                      f"{'inlined batches' if args.inline else 'Ray defaults'}; one consumer reads other nodes "
+                      f"by {'the direct tcp link' if args.cross_node == 'tcp' else 'the object store'}"))
     print(f"\nload average before the run {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} (2 cores); "
           f"median of {args.repeat} runs per row; CPU per item = (user+system s over the window) / items")
     return 0

@@ -30,6 +30,7 @@ from blendtorch_ray.metrics import InstanceMetrics
 from blendtorch_ray.relay import RING_SPARE_SLOTS, Relay
 from blendtorch_ray.resume import group_identity, reposition
 from blendtorch_ray.supervisor import Supervisor
+from blendtorch_ray.tcp_link import open_outbox
 from blendtorch_ray.transport import sweep_stale_dirs
 
 log = logging.getLogger("blendtorch_ray")
@@ -103,7 +104,7 @@ class BlenderActor:
                 "node_id": ray.get_runtime_context().get_node_id()}
 
     @ray.method(concurrency_group="stream")
-    def stream(self, ring: bool = False, start: Optional[tuple] = None) -> Iterator[Any]:
+    def stream(self, ring: bool = False, start: Optional[tuple] = None, tcp: Optional[dict] = None) -> Iterator[Any]:
         """Yield batches (lists of item dicts) until the instance finishes (exit code 0).
 
         Use with ``.options(_generator_backpressure_num_objects=...)``.
@@ -114,6 +115,10 @@ class BlenderActor:
             start: ``(stream seed, seq)`` of the first item to yield; Blender starts there
                 again unless it is where it stands (`blendtorch_ray.resume.reposition`).
                 None: go on where it is.
+            tcp: The consumer is on another node and offers a tcp link
+                (`blendtorch_ray.tcp_link.TcpInbox.offer`): batches go over it and the
+                objects yielded are their descriptors. If it cannot be reached, the
+                batches go through the object store (with a warning in ``health()``).
 
         Yields:
             The ring header (with ``ring``), then one object per batch.
@@ -134,11 +139,13 @@ class BlenderActor:
             stream = self.config.stream
             relay = Relay.open(self.sup.receiver, self.sup.mem_dir, ring, stream.max_batches_in_flight + RING_SPARE_SLOTS,
                                int(stream.ring_slot_mb * 2**20))
+            if relay.ring is None:
+                relay.tcp = open_outbox(tcp, stream.max_batches_in_flight, self.sup.warn)
             if relay.ring is not None:
                 yield relay.ring.header()
             try:
                 yield from batches(self.sup, relay, lambda: self._closed or self._generation != mine)
-            except ConnectionAbortedError:  # the ring's reader went away
+            except ConnectionAbortedError:  # the ring's reader (or the tcp link's) went away
                 return
             finally:
                 relay.close()

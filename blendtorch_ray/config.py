@@ -193,6 +193,13 @@ class StreamConfig:
     on other nodes always use the object store. False: object store for everyone."""
     ring_slot_mb: float = 32.0
     """Size of one ring slot; a batch whose arrays do not fit goes through the object store."""
+    cross_node: str = "tcp"
+    """How batches reach a consumer on another node than the instance's actor: "tcp" (a direct
+    ZeroMQ connection from the actor to the consumer, which binds a random port on its node's
+    IP; the Ray generator still carries order, backpressure and failures; see
+    blendtorch_ray/tcp_link.py) or "object_store" (Ray's object stores and raylets: several
+    times the CPU per byte, but only Ray's own ports). "tcp" falls back to the object store,
+    with a warning, when the actor cannot reach the consumer's port."""
     max_message_mb: float = 1024.0
     """Messages larger than this (the bytes that cross the socket; arrays in shared-memory
     slots do not count) are dropped by the actor, counted in ``health().dropped_messages``
@@ -215,6 +222,7 @@ class StreamConfig:
         v.one_of("codec", self.codec, ("pickle", "json"), owner=own)
         v.positive("item_slot_mb", self.item_slot_mb, owner=own, unit="MiB", example=16)
         v.positive("ring_slot_mb", self.ring_slot_mb, owner=own, unit="MiB", example=32)
+        v.one_of("cross_node", self.cross_node, CROSS_NODE, owner=own)
         v.positive("max_message_mb", self.max_message_mb, owner=own, unit="MiB", example=1024)
         from blender_worker.compress import check_encode
 
@@ -227,6 +235,9 @@ class StreamConfig:
         one being handed over, plus one being written and one being read."""
         return self.batch_size * (self.max_batches_in_flight + 2) + 2
 
+
+CROSS_NODE = ("tcp", "object_store")
+"""Values of ``StreamConfig.cross_node``."""
 
 _GROUPS = {"placement": PlacementConfig, "supervision": SupervisionConfig, "stream": StreamConfig}
 

@@ -28,7 +28,9 @@ from blendtorch_ray.errors import BlendtorchError, StreamTimeout, own_errors
 from blendtorch_ray.loader import collate, make_loader  # noqa: F401 - re-exported here too
 from blendtorch_ray.resume import advance, check_state, make_state, provenance
 from blendtorch_ray.runtime import actor_name, ensure_ray, gcs_address
+from blendtorch_ray.config import CROSS_NODE
 from blendtorch_ray.shm_ring import ShmRing, is_ring_batch, is_ring_header
+from blendtorch_ray.tcp_link import TcpInbox, TcpLinkLost, is_tcp_batch
 
 log = logging.getLogger("blendtorch_ray")
 
@@ -111,6 +113,8 @@ class RemoteIterableDataset(IterableDataset):
             node was lost.
         shared_memory_ring: Read instances on this node through a shared-memory ring
             instead of the object store.
+        cross_node: How instances on other nodes send their batches: "tcp" (a direct
+            connection to this process, `blendtorch_ray.tcp_link`) or "object_store".
         decode: Decode the values Blender compressed (``StreamConfig.encode``), item by
             item, before ``record_to`` and ``item_transform``, in the process that iterates
             (the DataLoader worker). False: yield them encoded (a 1-D uint8 array per key
@@ -148,6 +152,7 @@ class RemoteIterableDataset(IterableDataset):
         record_to: Optional[str] = None,
         reconnect_timeout: float = 120.0,
         shared_memory_ring: bool = False,
+        cross_node: str = "tcp",
         decode: bool = True,
         identity: Optional[dict] = None,
     ) -> None:
@@ -170,18 +175,23 @@ class RemoteIterableDataset(IterableDataset):
         self.timeout = timeout
         self.max_batches_in_flight = max_batches_in_flight
         self.btids = list(range(num_instances)) if btids is None else [int(b) for b in btids]
+        validation.one_of("cross_node", cross_node, CROSS_NODE, owner="RemoteIterableDataset")
         bad = [b for b in self.btids if not 0 <= b < num_instances]
         if bad:
             raise ValueError(f"btids {bad} out of range for a group of {num_instances} instances (0..{num_instances - 1})")
         self.record_to = record_to
         self.reconnect_timeout = reconnect_timeout
         self.shared_memory_ring = shared_memory_ring
+        self.cross_node = cross_node
         self.decode = decode
         self._address = gcs_address() if ray.is_initialized() else None
         self._identity = identity
         self._positions: dict = {}
         """``{btid: (stream seed, next seq)}`` of the streams this dataset read or loaded."""
         self._creator_pid = os.getpid()
+        self.path_counts: dict = {"ring": 0, "tcp": 0, "object_store": 0}
+        """Batches this dataset (in this process) received by each path: the same-node ring,
+        the cross-node tcp link, or Ray's object store."""
 
     def __len__(self) -> int:
         if self.max_items is None:
@@ -213,7 +223,8 @@ class RemoteIterableDataset(IterableDataset):
         if not btids or budget == 0:
             return
         actors = {b: ray.get_actor(actor_name(self.group, b), namespace=self.namespace) for b in btids}
-        gens = {self._open_stream(actors[b], b): b for b in btids}
+        links: dict = {}  # stream -> its TcpInbox (instances on other nodes, cross_node="tcp")
+        gens = {self._open_stream(actors[b], b, links): b for b in btids}
         # Fair start: give every stream a moment to deliver its first object, so that the
         # round-robin below starts with all instances instead of draining the backlog of
         # the one whose stream happened to open first.
@@ -247,15 +258,24 @@ class RemoteIterableDataset(IterableDataset):
                         continue
                     if is_ring_batch(batch):
                         batch = rings[gen].take(batch)
+                        self.path_counts["ring"] += 1
+                    elif is_tcp_batch(batch):
+                        batch = links[gen].take(batch, self.timeout)
+                        self.path_counts["tcp"] += 1
+                    else:
+                        self.path_counts["object_store"] += 1
                 except StopIteration:
                     del gens[gen]
+                    _close_link(links, gen)
                     continue
-                except ACTOR_LOST as exc:
-                    # The actor (or its node) died; Ray recreates it elsewhere. Items in flight
-                    # are lost (see README: loss bound); delivered items are never repeated.
+                except ACTOR_LOST + (TcpLinkLost,) as exc:
+                    # The actor (or its node, or the link to it) died; Ray recreates it elsewhere.
+                    # Items in flight are lost (see README: loss bound); delivered items are
+                    # never repeated.
                     b = gens.pop(gen)
                     rings.pop(gen, None)
-                    gens[self._reconnect(actors[b], b, exc)] = b
+                    _close_link(links, gen)
+                    gens[self._reconnect(actors[b], b, exc, links)] = b
                     continue
                 for item in batch:
                     if "seq" in item:
@@ -273,6 +293,8 @@ class RemoteIterableDataset(IterableDataset):
             for shm in rings.values():
                 shm.close_reader()
                 shm.close()
+            for gen in list(links):
+                _close_link(links, gen)
             if recorder is not None:
                 recorder.close()
             for gen in gens:
@@ -296,7 +318,7 @@ class RemoteIterableDataset(IterableDataset):
         ready_set = set(ready)
         return next(g for g in order if g in ready_set)
 
-    def _reconnect(self, actor: Any, btid: int, cause: BaseException) -> Any:
+    def _reconnect(self, actor: Any, btid: int, cause: BaseException, links: dict) -> Any:
         """Wait for a recreated actor to be ready again and open a new stream on it."""
         log.warning("instance %d of %r lost (%s); waiting for Ray to recreate it", btid, self.group, type(cause).__name__)
         deadline = time.monotonic() + self.reconnect_timeout
@@ -314,17 +336,23 @@ class RemoteIterableDataset(IterableDataset):
                     ) from exc
                 time.sleep(RECONNECT_RETRY_S)
         log.warning("instance %d of %r is back on node %s (epoch %s)", btid, self.group, info.get("node_id"), info.get("epoch"))
-        return self._open_stream(actor, btid)
+        return self._open_stream(actor, btid, links)
 
-    def _open_stream(self, actor: Any, btid: int) -> Any:
+    def _open_stream(self, actor: Any, btid: int, links: dict) -> Any:
         """Start the actor's batch generator at this dataset's position of ``btid`` (if it has
-        one); through the shared-memory ring if asked for and the actor runs on this node."""
-        ring = False
-        if self.shared_memory_ring:
-            node = ray.get(actor.endpoints.remote()).get("node_id")
-            ring = node == ray.get_runtime_context().get_node_id()
+        one): through the shared-memory ring if asked for and the actor runs on this node,
+        through a tcp link (kept in ``links``) if asked for and it runs on another node."""
+        node = ray.get(actor.endpoints.remote()).get("node_id")
+        here = node == ray.get_runtime_context().get_node_id()
+        ring = self.shared_memory_ring and here
+        inbox = TcpInbox(ray.util.get_node_ip_address(), self.max_batches_in_flight) \
+            if self.cross_node == "tcp" and not here else None
         start = self._positions.get(btid)
-        return actor.stream.options(_generator_backpressure_num_objects=self.max_batches_in_flight).remote(ring, start)
+        gen = actor.stream.options(_generator_backpressure_num_objects=self.max_batches_in_flight).remote(
+            ring, start, inbox.offer() if inbox else None)
+        if inbox is not None:
+            links[gen] = inbox
+        return gen
 
     # -- checkpoints (blendtorch_ray/resume.py) ------------------------------------------
     def state_dict(self) -> dict:
@@ -393,3 +421,9 @@ class RemoteIterableDataset(IterableDataset):
             log_tail="\n".join(tails),
         )
 
+
+def _close_link(links: dict, gen: Any) -> None:
+    """Close and forget the tcp link of stream ``gen``, if it has one."""
+    inbox = links.pop(gen, None)
+    if inbox is not None:
+        inbox.close()

@@ -104,18 +104,22 @@ def collate(batch: list) -> Any:
 
 
 def _consecutive_rows(arrays: list) -> Optional[np.ndarray]:
-    """If ``arrays`` are consecutive rows ``block[k], block[k+1], ...`` of a block that
-    ``ShmRing.take`` copied out of the ring, return ``block[k:k+n]``: the batch already
-    exists, stacking would only copy it again. Otherwise (any other array) None."""
-    block = ring_block(arrays[0])
-    if block is None or not block.flags.c_contiguous or block.shape[1:] != arrays[0].shape:
+    """If ``arrays`` are consecutive rows ``block[k], block[k+1], ...`` of memory that
+    ``ShmRing.take`` copied out of the ring or the tcp link received (`register_block`),
+    return ``block[k:k+n]``: the batch already exists, stacking would only copy it again.
+    Otherwise (any other array) None."""
+    first = arrays[0]
+    owner = ring_block(first)
+    if owner is None or not owner.flags.c_contiguous or owner.dtype != first.dtype or not first.size \
+            or owner.size % first.size:
         return None
+    block = owner.reshape((owner.size // first.size, *first.shape))
     row = block.strides[0]
-    start = arrays[0].__array_interface__["data"][0] - block.__array_interface__["data"][0]
+    start = first.__array_interface__["data"][0] - block.__array_interface__["data"][0]
     if start % row or start // row + len(arrays) > block.shape[0]:
         return None
     k = start // row
     for j, a in enumerate(arrays):
-        if a.base is not block or not a.flags.c_contiguous or a.__array_interface__["data"][0] != block.__array_interface__["data"][0] + (k + j) * row:
+        if a.base is not owner or not a.flags.c_contiguous or a.__array_interface__["data"][0] != block.__array_interface__["data"][0] + (k + j) * row:
             return None
     return block[k : k + len(arrays)]

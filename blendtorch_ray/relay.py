@@ -2,8 +2,9 @@
 actor until a batch has left, or forwarded to a same-node consumer through a ring.
 
 A ``Relay`` is the state of one stream: the headers of items whose arrays still lie in
-Blender's slots (``held``), the slots handed to the ring's reader (``Forwarded``), and the
-ring itself (``blendtorch_ray.shm_ring``) when the consumer is on this node.
+Blender's slots (``held``), the slots handed to the ring's reader (``Forwarded``), the ring
+itself (``blendtorch_ray.shm_ring``) when the consumer is on this node, or the tcp link
+(``blendtorch_ray.tcp_link``) when it is on another node.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from blendtorch_ray.shm_ring import ShmRing
+from blendtorch_ray.tcp_link import TcpOutbox
 from blendtorch_ray.transport import ItemReceiver, has_shared_memory_room
 
 RING_SPARE_SLOTS = 2
@@ -49,12 +51,15 @@ class Relay:
 
     Args:
         receiver: The instance's receiver (its ``slots`` is the current Blender's slot file).
-        ring: A shared-memory ring to a consumer on this node, or None (object store).
+        ring: A shared-memory ring to a consumer on this node, or None.
+        tcp: A tcp link to a consumer on another node, or None (with no ring either: the
+            object store).
     """
 
-    def __init__(self, receiver: ItemReceiver, ring: Optional[ShmRing] = None) -> None:
+    def __init__(self, receiver: ItemReceiver, ring: Optional[ShmRing] = None, tcp: Optional[TcpOutbox] = None) -> None:
         self.receiver = receiver
         self.ring = ring
+        self.tcp = tcp
         self.held: list[dict] = []
         """Headers of received items whose arrays still lie in Blender's slots."""
         self.forwarded = Forwarded()
@@ -87,7 +92,8 @@ class Relay:
         self.held.append(header)
 
     def hand_over(self, batch: list[dict]) -> Any:
-        """What to yield for ``batch``: a ring descriptor (consumer on this node) or the batch.
+        """What to yield for ``batch``: a ring descriptor (consumer on this node), a tcp
+        descriptor (the batch went over the tcp link) or the batch (object store).
 
         Through the ring, items whose arrays lie in the current Blender's slots are not
         copied: the consumer reads them there and frees the slots (ownership moves from
@@ -99,6 +105,8 @@ class Relay:
         Returns:
             The object to yield.
         """
+        if self.tcp is not None:
+            return self.tcp.send(batch)  # copied into ZeroMQ's messages: the slots may go back
         if self.ring is None:
             return batch
         current = self.receiver.slots
@@ -134,6 +142,8 @@ class Relay:
         """Release everything: held items, and slots forwarded but never taken (the reader
         stopped, or the stream ended first; it frees in order, so these are the tail)."""
         self.release()
+        if self.tcp is not None:
+            self.tcp.close()
         if self.ring is not None:
             for slot_file, slot in self.pending():
                 slot_file.release(slot)

@@ -37,11 +37,28 @@ FULL_SLOT_POLL_S = 0.0005
 _BLOCKS: "weakref.WeakValueDictionary[int, np.ndarray]" = weakref.WeakValueDictionary()
 
 
+def register_block(block: np.ndarray) -> np.ndarray:
+    """Mark ``block``'s memory as fresh memory whose rows ``collate`` may return as a batch
+    without copying (a block ``take`` copied out, or one the tcp link received; never a
+    user's array). What is registered is the array that owns the memory (``block`` itself, or
+    the array it is a view of): numpy makes every row's ``base`` that array.
+
+    Args:
+        block: A writable, C-contiguous ``(n, ...)`` array that nothing else holds.
+
+    Returns:
+        ``block``.
+    """
+    owner = block.base if isinstance(block.base, np.ndarray) else block
+    _BLOCKS[id(owner)] = owner
+    return block
+
+
 def ring_block(arr: np.ndarray) -> Optional[np.ndarray]:
-    """The block ``take`` copied ``arr`` out with, if ``arr`` is one of its rows; else None."""
-    block = arr.base
-    if block is not None and _BLOCKS.get(id(block)) is block:
-        return block
+    """The registered memory (`register_block`) that ``arr`` is a view of, else None."""
+    base = arr.base
+    if base is not None and _BLOCKS.get(id(base)) is base:
+        return base
     return None
 
 
@@ -152,7 +169,7 @@ class ShmRing:
                 for j, (i, buf, start, _, _) in enumerate(col):
                     flat[j] = buf[start : start + n]
                     out[i][key] = block[j]
-                _BLOCKS[id(block)] = block
+                register_block(block)
                 continue
             for i, buf, start, dt_i, shape_i in col:
                 size = int(np.prod(shape_i, dtype=np.int64)) * dt_i.itemsize

@@ -1,0 +1,233 @@
+"""The cross-node tcp link (blendtorch_ray/tcp_link.py).
+
+Both ends are checked over real ZeroMQ tcp sockets (frames, order, the token, a lost batch,
+an unreachable consumer); then on a real ``ray.cluster_utils.Cluster`` with real Blender:
+a consumer on the head node reads instances on two other nodes over the link, gap-free; with
+``cross_node="object_store"`` every batch goes through the object store; and an actor that
+cannot reach the consumer's port sends through the object store and says so in ``health()``.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import zmq
+
+from blendtorch_ray import BlenderLauncher
+from blendtorch_ray import tcp_link
+from blendtorch_ray.tcp_link import TcpInbox, TcpLinkLost, TcpOutbox, is_tcp_batch, open_outbox
+from conftest import TEST_SCRIPTS
+
+
+def _batch(n: int, first: int = 0) -> list:
+    return [{"image": np.full((48, 64, 4), first + i, np.uint8), "seq": first + i, "note": f"item {first + i}"}
+            for i in range(n)]
+
+
+def _link():
+    inbox = TcpInbox("127.0.0.1", batches_in_flight=4)
+    outbox = TcpOutbox(inbox.offer(), batches_in_flight=4)
+    assert outbox.wait_connected(10)
+    return inbox, outbox
+
+
+def test_batches_cross_in_order_with_their_arrays():
+    inbox, outbox = _link()
+    try:
+        descs = [outbox.send(_batch(3, first=3 * k)) for k in range(4)]
+        assert [d[tcp_link.TCP_BATCH] for d in descs] == [0, 1, 2, 3]
+        assert all(is_tcp_batch(d) and d["items"] == 3 for d in descs)
+        for k, d in enumerate(descs):
+            got = inbox.take(d, timeout=10)
+            assert [item["seq"] for item in got] == [3 * k, 3 * k + 1, 3 * k + 2]
+            for item in got:
+                assert item["image"].shape == (48, 64, 4) and item["image"].dtype == np.uint8
+                assert (item["image"] == item["seq"]).all()
+                assert item["note"] == f"item {item['seq']}"
+        assert inbox.dropped == 0
+    finally:
+        inbox.close()
+        outbox.close()
+
+
+def test_a_received_batch_is_collated_without_another_copy():
+    from blendtorch_ray.loader import collate
+
+    inbox, outbox = _link()
+    try:
+        got = inbox.take(outbox.send(_batch(4)), timeout=10)
+        batch = collate(got)
+        # the four images are rows of the one received block, which collate returns as is
+        assert batch["image"].shape == (4, 48, 64, 4)
+        assert batch["image"].data_ptr() == got[0]["image"].__array_interface__["data"][0]
+        assert batch["image"][2].eq(2).all()
+        assert batch["seq"].tolist() == [0, 1, 2, 3]
+        # an item's array still writable and its own row
+        got[1]["image"][:] = 9
+        assert batch["image"][1].eq(9).all() and batch["image"][0].eq(0).all()
+    finally:
+        inbox.close()
+        outbox.close()
+
+
+class _Evil:
+    """Unpickling this creates a file: proof that a message was decoded."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_message_without_the_stream_token_is_dropped_unread(tmp_path):
+    inbox, outbox = _link()
+    marker = tmp_path / "unpickled"
+    rogue_ctx = zmq.Context()
+    rogue = rogue_ctx.socket(zmq.PUSH)
+    rogue.connect(inbox.address)
+    try:
+        from blender_worker import codec
+
+        frames = codec.encode([_Evil(str(marker))])
+        rogue.send_multipart([b"0" * 16, (0).to_bytes(8, "little"), *frames])
+        rogue.send_multipart([b"short"])  # malformed too
+        import time
+
+        time.sleep(0.5)  # both queued before the real batch
+        desc = outbox.send(_batch(2))
+        got = inbox.take(desc, timeout=10)
+        assert [item["seq"] for item in got] == [0, 1]
+        assert inbox.dropped == 2
+        assert not marker.exists()  # the rogue pickle was never loaded
+        pickle.loads(pickle.dumps(_Evil(str(marker))))  # (and it would have been: the marker appears)
+        assert marker.exists()
+    finally:
+        rogue.close(linger=0)
+        rogue_ctx.term()
+        inbox.close()
+        outbox.close()
+
+
+def test_an_announced_batch_that_never_comes_is_a_lost_link():
+    inbox = TcpInbox("127.0.0.1", batches_in_flight=4)
+    try:  # nobody ever sends: the whole timeout
+        with pytest.raises(TcpLinkLost, match=r"batch 0 announced by the actor did not arrive on tcp://127\.0\.0\.1:\d+ within 1s"):
+            inbox.take({tcp_link.TCP_BATCH: 0, "items": 8}, timeout=1)
+    finally:
+        inbox.close()
+
+
+def test_a_dropped_connection_ends_the_wait_at_once():
+    inbox, outbox = _link()
+    try:
+        got = inbox.take(outbox.send(_batch(2)), timeout=10)  # the link worked
+        assert len(got) == 2
+        outbox.close()  # the actor's process went away after announcing batch 1
+        # the disconnect ends the wait (its own message), not the 10-minute timeout
+        with pytest.raises(TcpLinkLost, match="the actor's connection dropped"):
+            inbox.take({tcp_link.TCP_BATCH: 1, "items": 2}, timeout=600)
+    finally:
+        inbox.close()
+
+
+def _closed_port() -> int:
+    """A tcp port on 127.0.0.1 that nothing listens on (bound once, then closed)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_consumer_falls_back_with_a_warning():
+    port = _closed_port()
+    said = []
+    offer = {"address": f"tcp://127.0.0.1:{port}", "token": "00" * 16}
+    assert open_outbox(offer, 4, said.append, connect_timeout=1) is None
+    assert len(said) == 1 and f"tcp://127.0.0.1:{port} was not reachable within 1s" in said[0]
+    assert "cross_node='object_store'" in said[0]
+    assert open_outbox(None, 4, said.append) is None and len(said) == 1  # not asked for: no warning
+
+
+def test_a_bad_offer_is_refused():
+    with pytest.raises(ValueError, match=r"tcp=\{'address': 'x'\} is not a TcpInbox.offer\(\)"):
+        TcpOutbox({"address": "x"}, 4)
+    with pytest.raises(ValueError, match=r"tcp address 'ipc:///tmp/x': expected tcp://host:port"):
+        TcpOutbox({"address": "ipc:///tmp/x", "token": "00"}, 4)
+    said = []
+    assert open_outbox({"address": "nonsense"}, 4, said.append) is None
+    assert "cannot use the tcp link" in said[0]
+
+
+def test_cross_node_is_validated():
+    from blendtorch_ray.config import StreamConfig
+    from blendtorch_ray.dataset import RemoteIterableDataset
+
+    with pytest.raises(ValueError, match="cross_node"):
+        StreamConfig(cross_node="udp")
+    with pytest.raises(ValueError, match="cross_node"):
+        RemoteIterableDataset("g", "ns", 1, cross_node="carrier-pigeon")
+    assert StreamConfig().cross_node == "tcp"
+
+
+# -- on a real multi-node cluster ---------------------------------------------------------
+def _read(ds, n: int) -> dict:
+    got: dict = {}
+    for item in ds:
+        got.setdefault(int(item["btid"]), []).append(int(item["seq"]))
+        if sum(map(len, got.values())) == n:
+            break
+    return got
+
+
+def _gap_free(got: dict) -> bool:
+    return all(seqs == list(range(seqs[0], seqs[0] + len(seqs))) for seqs in got.values())
+
+
+@pytest.mark.blender
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_consumer_on_another_node_reads_over_the_tcp_link(ray_cluster):
+    a, b = (n.node_id for n in ray_cluster.worker_nodes)
+    with BlenderLauncher(script=str(TEST_SCRIPTS / "forever.py"), num_instances=2, nodes=[a, b],
+                         resources={"blender": 1}, instance_args=[["--size", "256"]] * 2, batch_size=4) as bl:
+        ds = bl.dataset(timeout=120)
+        got = _read(ds, 64)
+        assert sorted(got) == [0, 1] and _gap_free(got), got
+        assert ds.path_counts["tcp"] >= 16 and ds.path_counts["object_store"] == 0, ds.path_counts
+        assert ds.path_counts["ring"] == 0
+        # the same stream through Ray's object stores, on request (the dataset goes on where it stands)
+        tcp_batches = ds.path_counts["tcp"]
+        ds.cross_node = "object_store"
+        got2 = _read(ds, 32)
+        assert _gap_free(got2), got2
+        assert ds.path_counts["tcp"] == tcp_batches and ds.path_counts["object_store"] >= 8, ds.path_counts
+        for btid in (0, 1):  # where the first read ended, the second went on: nothing skipped or repeated
+            assert got2[btid][0] == got[btid][-1] + 1
+        assert not any("tcp link" in w for h in bl.health() for w in h.warnings)
+
+
+@pytest.mark.blender
+@pytest.mark.ray
+@pytest.mark.slow
+def test_an_unreachable_consumer_gets_its_batches_through_the_object_store(ray_cluster, monkeypatch):
+    a = sorted(n.node_id for n in ray_cluster.worker_nodes)[0]
+    real_offer = TcpInbox.offer
+
+    def wrong_port(self):  # what a firewall between the nodes amounts to: the port cannot be reached
+        offer = real_offer(self)
+        host = offer["address"].rsplit(":", 1)[0]
+        return {**offer, "address": f"{host}:{_closed_port()}"}
+
+    monkeypatch.setattr(TcpInbox, "offer", wrong_port)
+    with BlenderLauncher(script=str(TEST_SCRIPTS / "forever.py"), nodes=[a], resources={"blender": 1},
+                         instance_args=[["--size", "256"]], batch_size=4) as bl:
+        ds = bl.dataset(timeout=120)
+        got = _read(ds, 24)
+        assert _gap_free(got) and got[0][0] == 0, got
+        assert ds.path_counts["object_store"] >= 6 and ds.path_counts["tcp"] == 0, ds.path_counts
+        warnings = [w for h in bl.health() for w in h.warnings]
+        assert any("was not reachable within 10s" in w and "object store" in w for w in warnings), warnings
