@@ -75,3 +75,34 @@ def health_table(rows: Sequence[InstanceHealth]) -> str:
             f"{h.restarts:>8} {h.queue_depth:>5} {h.rss_bytes / 2**20:>8.0f}  {h.last_error or ''}"
         )
     return "\n".join(lines)
+
+
+HTML_COLUMNS = ("btid", "alive", "pid", "node", "items", "fps", "restarts", "queue", "rss MiB", "last error")
+"""Columns of `health_html`."""
+
+
+def health_html(summary: str, rows: Optional[Sequence[InstanceHealth]], why: str = "") -> str:
+    """An HTML table for notebooks (``BlenderLauncher._repr_html_``): one row per instance.
+
+    Args:
+        summary: The line above the table (the launcher's name and state).
+        rows: The instances' health, or None when it is not available.
+        why: Shown instead of the table when ``rows`` is None.
+
+    Returns:
+        HTML text, every value escaped.
+    """
+    from html import escape
+
+    head = f"<p><code>{escape(summary)}</code></p>"
+    if rows is None:
+        return head + f"<p><i>{escape(why)}</i></p>"
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in (
+            h.btid, h.alive, h.pid or "-", (h.node_id or "")[:8], h.items, f"{h.fps:.1f}", h.restarts,
+            h.queue_depth, f"{h.rss_bytes / 2**20:.0f}", h.last_error or "",
+        )) + "</tr>"
+        for h in rows
+    )
+    header = "".join(f"<th>{c}</th>" for c in HTML_COLUMNS)
+    return head + f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>"

@@ -10,15 +10,14 @@ from dataclasses import replace
 from typing import Any, Callable, Optional
 
 import ray
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from blendtorch_ray.actor import RemoteBlenderActor
 from blendtorch_ray.health import InstanceHealth
 from blendtorch_ray.blender import find_blender
 from blendtorch_ray.config import LaunchConfig
 from blendtorch_ray.errors import BlenderStartError, own_errors
-from blendtorch_ray.placement import check_capacity, default_num_cpus, resolve_nodes
-from blendtorch_ray.prestart import can_prestart, prestart
+from blendtorch_ray.placement import actor_options, check_capacity, default_num_cpus, resolve_nodes
+from blendtorch_ray.prestart import can_prestart, prefetch_consumer_imports, prestart
 from blendtorch_ray.runtime import actor_name, ensure_ray
 
 log = logging.getLogger("blendtorch_ray")
@@ -30,25 +29,6 @@ CLOSE_TIMEOUT_S = 15.0
 """How long ``close()`` waits for the actors to end their Blenders before killing them."""
 REPR_HEALTH_TIMEOUT_S = 5.0
 """How long ``repr(launcher)`` (a notebook's display of it) waits for the instances' health."""
-
-
-def _prefetch_consumer_imports() -> None:
-    """Import the consumer side (torch) in a background thread while Ray and Blender start:
-    the driver mostly waits during start-up, and torch's import takes seconds. Nothing
-    happens if torch is already imported."""
-    import sys
-    import threading
-
-    if "torch" in sys.modules:
-        return
-
-    def load() -> None:
-        try:
-            import blendtorch_ray.dataset  # noqa: F401 - imports torch
-        except ImportError as exc:  # the real import later reports it to the user
-            log.debug("background import of the consumer side failed: %s", exc)
-
-    threading.Thread(target=load, name="btr-prefetch-torch", daemon=True).start()
 
 
 class BlenderLauncher:
@@ -112,7 +92,7 @@ class BlenderLauncher:
         if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS") and can_prestart(cfg):
             # Local mode, Ray not up yet: Blender boots while Ray starts; actors adopt it.
             prestarted = {b: prestart(cfg, b, blender) for b in range(cfg.num_instances)}
-        _prefetch_consumer_imports()
+        prefetch_consumer_imports()
         self._prestarted = list(prestarted.values())
         try:
             ensure_ray(namespace=self.namespace)
@@ -126,19 +106,7 @@ class BlenderLauncher:
         try:
             nodes = resolve_nodes(cfg)
             for btid in range(cfg.num_instances):
-                opts: dict = dict(
-                    name=actor_name(self.name, btid),
-                    namespace=self.namespace,
-                    num_cpus=cfg.placement.num_cpus,
-                    max_restarts=cfg.supervision.max_actor_restarts,
-                    max_task_retries=0,
-                )
-                if cfg.placement.num_gpus:
-                    opts["num_gpus"] = cfg.placement.num_gpus
-                if cfg.placement.resources:
-                    opts["resources"] = dict(cfg.placement.resources)
-                if nodes:  # soft: a lost node's instance is recreated elsewhere
-                    opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=nodes[btid], soft=True)
+                opts = actor_options(cfg, actor_name(self.name, btid), self.namespace, nodes[btid] if nodes else None)
                 self.actors.append(RemoteBlenderActor.options(**opts).remote(cfg, btid, prestarted.get(btid)))
             refs = [a.wait_ready.remote() for a in self.actors]
             timeout = None if cfg.placement.wait_for_resources else cfg.supervision.ready_timeout + START_GRACE_S
@@ -257,7 +225,7 @@ class BlenderLauncher:
                 None: ``StreamConfig.max_batches_in_flight``.
             record_to: A directory to record every item to (`blendtorch_ray.recording`).
             **options: Further `RemoteIterableDataset` arguments (``btids``,
-                ``reconnect_timeout``, ``shared_memory_ring``).
+                ``reconnect_timeout``, ``shared_memory_ring``, ``cross_node``).
 
         Returns:
             A `RemoteIterableDataset`; iterate it directly or through `make_loader`.
@@ -280,6 +248,7 @@ class BlenderLauncher:
             from blendtorch_ray.resume import group_identity
 
             options.setdefault("shared_memory_ring", self.config.stream.shared_memory_ring)
+            options.setdefault("cross_node", self.config.stream.cross_node)
             options.setdefault("identity", group_identity(self.config))
 
         if not self._started:
@@ -414,19 +383,7 @@ class BlenderLauncher:
 
     def _repr_html_(self) -> str:
         """Jupyter's rich display: the group's name and a health table, one row per instance."""
-        from html import escape
+        from blendtorch_ray.health import health_html
 
         rows, why = self._health_for_display()
-        head = f"<p><code>{escape(self._summary())}</code></p>"
-        if rows is None:
-            return head + f"<p><i>{escape(why)}</i></p>"
-        cols = ("btid", "alive", "pid", "node", "items", "fps", "restarts", "queue", "rss MiB", "last error")
-        body = "".join(
-            "<tr>" + "".join(f"<td>{escape(str(v))}</td>" for v in (
-                h.btid, h.alive, h.pid or "-", (h.node_id or "")[:8], h.items, f"{h.fps:.1f}", h.restarts,
-                h.queue_depth, f"{h.rss_bytes / 2**20:.0f}", h.last_error or "",
-            )) + "</tr>"
-            for h in rows
-        )
-        header = "".join(f"<th>{c}</th>" for c in cols)
-        return head + f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>"
+        return health_html(self._summary(), rows, why)

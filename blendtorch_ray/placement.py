@@ -100,3 +100,33 @@ def resolve_nodes(cfg: LaunchConfig) -> Optional[list[str]]:
             raise ValueError(f"nodes=...: node {nid} cannot hold the {count} instance(s) placed on it ({detail}); "
                              f"alive nodes: {listing}. Spread the instances over more nodes or ask for less per instance")
     return per_node
+
+
+def actor_options(cfg: LaunchConfig, name: str, namespace: str, node: Optional[str]) -> dict:
+    """Ray ``.options()`` of one instance's actor: its name, resources, restarts and node.
+
+    Args:
+        cfg: The group's configuration (``num_cpus`` already resolved).
+        name: The actor's name (``runtime.actor_name``).
+        namespace: The group's Ray namespace.
+        node: The node this instance is pinned to (`resolve_nodes`), or None.
+
+    Returns:
+        Keyword arguments for ``RemoteBlenderActor.options``.
+    """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    opts: dict = dict(
+        name=name,
+        namespace=namespace,
+        num_cpus=cfg.placement.num_cpus,
+        max_restarts=cfg.supervision.max_actor_restarts,
+        max_task_retries=0,
+    )
+    if cfg.placement.num_gpus:
+        opts["num_gpus"] = cfg.placement.num_gpus
+    if cfg.placement.resources:
+        opts["resources"] = dict(cfg.placement.resources)
+    if node:  # soft: a lost node's instance is recreated elsewhere
+        opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node, soft=True)
+    return opts

@@ -107,3 +107,21 @@ def prestart(config: LaunchConfig, btid: int, blender: BlenderExecutable) -> Pre
     _STARTED[proc.pid] = proc
     return Prestarted(btid=btid, pid=proc.pid, dir=d.path, memory_dir=m.path, log_path=log_path,
                       exit_file=exit_file, slots=(slots.path, slots.slots, slots.slot_bytes) if slots else None)
+
+
+def prefetch_consumer_imports() -> None:
+    """Import the consumer side (torch) in a background thread while Ray and Blender start:
+    the driver mostly waits during start-up, and torch's import takes seconds. Nothing
+    happens if torch is already imported."""
+    import sys
+
+    if "torch" in sys.modules:
+        return
+
+    def load() -> None:
+        try:
+            import blendtorch_ray.dataset  # noqa: F401 - imports torch
+        except ImportError as exc:  # the real import later reports it to the user
+            log.debug("background import of the consumer side failed: %s", exc)
+
+    threading.Thread(target=load, name="btr-prefetch-torch", daemon=True).start()
