@@ -48,9 +48,13 @@ between the nodes broke) before the stream ends."""
 SEND_POLL_MS = 500
 """Milliseconds between two looks at the clock while a send waits for a connected consumer."""
 
-SPARE_MESSAGES = 4
-"""High-water mark beyond ``max_batches_in_flight``: Ray's backpressure bounds the batches in
-flight, so a send never waits for room unless the consumer is gone."""
+NO_HWM = 0
+"""ZeroMQ high-water mark of both ends: none. ZeroMQ counts message parts, not messages (a
+batch is several parts: a limit of a few batches made the actor wait for every batch to be
+read before it sent the next), and Ray's generator backpressure already bounds what is in
+flight: a batch is sent just before its descriptor is yielded, and the yield waits while
+``max_batches_in_flight`` descriptors are not taken, so at most that many plus one batches are
+queued between the two ends."""
 
 
 def is_tcp_batch(obj: Any) -> bool:
@@ -81,7 +85,7 @@ class TcpInbox:
     def __init__(self, host: str, batches_in_flight: int) -> None:
         self._ctx = zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.PULL)
-        self.sock.setsockopt(zmq.RCVHWM, batches_in_flight + SPARE_MESSAGES)
+        self.sock.setsockopt(zmq.RCVHWM, NO_HWM)
         self.sock.setsockopt(zmq.LINGER, 0)
         port = self.sock.bind_to_random_port(f"tcp://{host}")
         self.address = f"tcp://{host}:{port}"
@@ -186,7 +190,7 @@ class TcpOutbox:
         self._token = token
         self._ctx = zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.PUSH)
-        self.sock.setsockopt(zmq.SNDHWM, batches_in_flight + SPARE_MESSAGES)
+        self.sock.setsockopt(zmq.SNDHWM, NO_HWM)
         self.sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only on a live connection: POLLOUT means connected
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(address)
