@@ -94,10 +94,15 @@ def _wait_quiet(limit_per_core: float, settle_s: float) -> float:
     return os.getloadavg()[0]
 
 
-def run(benches: list[Bench], out_path: str, quiet_load: float, settle_s: float, extra: dict) -> int:
+def run(benches: list[Bench], out_path: str, quiet_load: float, settle_s: float, extra: dict,
+        merge: bool = False) -> int:
     """Run ``benches`` one after the other and write the report to ``out_path``.
 
+    With ``merge``, the sections of the other benchmarks in an existing report at ``out_path``
+    are kept (in suite order), with a line saying when the report was merged.
+
     Returns the number of benchmarks that failed or timed out."""
+    kept = _sections(out_path) if merge else {}
     started = datetime.datetime.now(datetime.timezone.utc)
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     lines = [
@@ -140,10 +145,51 @@ def run(benches: list[Bench], out_path: str, quiet_load: float, settle_s: float,
             f"`{shown}`: {status} in {seconds:.0f} s; load average {load0:.2f} before, {load1:.2f} after.",
             "", "```", output.rstrip(), "```",
         ]
-        _write(out_path, lines)  # after every benchmark: a run that is stopped keeps what it measured
-    _write(out_path, lines)
+        _write(out_path, _merged(lines, kept, benches))  # after every benchmark: a stopped run keeps what it measured
+    _write(out_path, _merged(lines, kept, benches))
     print(f"[bench all] report: {out_path} ({failed} failed)")
     return failed
+
+
+def _sections(path: str) -> dict:
+    """``{benchmark name: its section's lines}`` of an existing report (empty if none)."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return _split(f.read().splitlines())
+
+
+def _merged(lines: list[str], kept: dict, benches: list) -> list[str]:
+    """This run's report, with the ``kept`` sections of benchmarks it did not run, in suite order."""
+    if not kept:
+        return lines
+    ran = {b.name for b in benches}
+    head_end = next((i for i, l in enumerate(lines) if l.startswith("## ")), len(lines))
+    own = _split(lines[head_end:])
+    names = [b.name for b in SUITE]
+    body: list[str] = []
+    for name in names:
+        if name in ran and name in own:
+            body += ["", *own[name]]
+        elif name in kept and name not in ran:
+            body += ["", *kept[name]]
+    note = [f"Merged: {', '.join(sorted(ran))} from this run; the other sections are kept from the earlier report."]
+    return [*lines[:head_end], *note, *body]
+
+
+def _split(lines: list[str]) -> dict:
+    out: dict = {}
+    name = None
+    for line in lines:
+        if line.startswith("## "):
+            name = line[3:].split(":", 1)[0].strip()
+            out[name] = []
+        if name is not None:
+            out[name].append(line)
+    for v in out.values():
+        while v and not v[-1]:
+            v.pop()
+    return out
 
 
 def _write(path: str, lines: list[str]) -> None:
@@ -158,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"), help="report path (markdown)")
     ap.add_argument("--quiet-load", type=float, default=0.5, help="load average per core to wait for")
     ap.add_argument("--settle", type=float, default=120.0, help="seconds to wait for a quiet machine")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other benchmarks' sections of an existing report (rerun a few)")
     ap.add_argument("--args", action="append", default=[], metavar="NAME=ARGS",
                     help="replace a benchmark's arguments, e.g. --args 'transport=--items 200 --repeat 1'")
     a = ap.parse_args(argv)
@@ -171,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or name not in names:
             ap.error(f"--args {spec!r}: expected NAME=ARGS with NAME one of {', '.join(names)}")
         extra[name] = tuple(rest.split())
-    return 1 if run([b for b in SUITE if b.name in chosen], a.out, a.quiet_load, a.settle, extra) else 0
+    return 1 if run([b for b in SUITE if b.name in chosen], a.out, a.quiet_load, a.settle, extra, a.merge) else 0
 
 
 if __name__ == "__main__":

@@ -44,3 +44,21 @@ def test_bench_all_runs_transport_and_reports_a_failure(tmp_path):
     assert "`python benchmarks/startup.py --no-such-flag`: failed (exit code 2)" in report
     assert "unrecognized arguments: --no-such-flag" in report
     assert "(1 failed)" in run.stdout
+
+
+def test_merge_keeps_the_other_benchmarks_sections(tmp_path):
+    """--merge reruns one benchmark and keeps the other sections of the earlier report, in
+    suite order; without it the report holds only what ran."""
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# Benchmark results\n\nold header\n\n## transport: x\n\nOLD TRANSPORT TABLE\n\n"
+                   "## startup: y\n\nOLD STARTUP TABLE\n\n## memory: z\n\nOLD MEMORY TABLE\n")
+    cmd = [_cli(), "bench", "all", "--only", "startup", "--settle", "0", "--out", str(out),
+           "--args", "startup=--no-such-flag"]
+    subprocess.run([*cmd, "--merge"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    report = out.read_text()
+    assert "OLD TRANSPORT TABLE" in report and "OLD MEMORY TABLE" in report
+    assert "OLD STARTUP TABLE" not in report and "`python benchmarks/startup.py --no-such-flag`: failed" in report
+    assert report.index("## transport") < report.index("## startup") < report.index("## memory")
+    assert "Merged: startup from this run" in report
+    subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert "OLD TRANSPORT TABLE" not in out.read_text()
