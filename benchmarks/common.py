@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import statistics
-import time
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 
 def zmq_sender(address: str, n: int, shape: tuple) -> None:
@@ -23,16 +21,6 @@ def zmq_sender(address: str, n: int, shape: tuple) -> None:
         s.send_multipart([b"{}", frame], copy=False)
     s.close(linger=-1)
     ctx.term()
-
-
-def median_rate(fn: Callable[[], int], repeat: int) -> tuple[float, list[float]]:
-    """Run ``fn`` (returns a count) ``repeat`` times; median of count/seconds and all rates."""
-    rates = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        n = fn()
-        rates.append(n / (time.perf_counter() - t0))
-    return statistics.median(rates), rates
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence], title: str = "") -> str:

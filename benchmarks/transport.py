@@ -2,7 +2,8 @@
 
     python benchmarks/transport.py [--items 1500] [--repeat 3]
 
-Measured side by side in one run, medians over --repeat runs:
+Measured side by side in one run, medians over --repeat runs, every row clocked from its
+first frame or batch (process and stream start-up are not part of a rate):
   * pyzmq      : a plain PUSH/PULL pair between two processes over ipc (copy=False),
                  measured first, warmed up, with Ray not running (its best conditions),
   * full path  : Blender (bpy wheel) publishes a prepared 640x480x4 uint8 frame + small dict
@@ -35,12 +36,15 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import median_rate, table, zmq_sender  # noqa: E402
+from common import table, zmq_sender  # noqa: E402
 
 SCENE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "scenes", "publish_only.py")
 
 
-def zmq_pair(n: int, shape: tuple) -> int:
+def zmq_pair(n: int, shape: tuple) -> float:
+    """Frames/s of a bare pyzmq PUSH/PULL pair over ipc between two processes, clocked from the
+    first frame received (the sender process's start-up is not part of the rate, as the
+    pipeline rows are clocked from their first batch too)."""
     import zmq
 
     from blendtorch_ray.transport import PrivateDir
@@ -53,15 +57,16 @@ def zmq_pair(n: int, shape: tuple) -> int:
     r.bind(address)
     p = mp.get_context("spawn").Process(target=zmq_sender, args=(address, n, shape))
     p.start()
-    got = 0
-    for _ in range(n):
+    r.recv_multipart(copy=False)
+    t0 = time.perf_counter()
+    for _ in range(n - 1):
         r.recv_multipart(copy=False)
-        got += 1
+    rate = (n - 1) / (time.perf_counter() - t0)
     p.join()
     r.close()
     ctx.term()
     d.cleanup()
-    return got
+    return rate
 
 
 def memcpy_rate(n: int, shape: tuple, span_bytes: int = 0) -> float:
@@ -92,9 +97,11 @@ def through_pipeline(n: int, batch_size: int, shape: tuple, loader_batch: int = 
         shared_memory_ring=ring,
     ) as bl:
         list(bl.dataset(max_items=16))  # warm up
-        t0 = time.perf_counter()
-        got = 0
-        for batch in make_loader(bl.dataset(max_items=n), batch_size=loader_batch):
+        got, t0 = 0, None
+        for batch in make_loader(bl.dataset(max_items=n + loader_batch), batch_size=loader_batch):
+            if t0 is None:  # clocked from the first batch, as the pyzmq pair from its first frame
+                t0 = time.perf_counter()
+                continue
             got += len(batch["image"])
         rate = got / (time.perf_counter() - t0)
     return got, rate
@@ -133,9 +140,11 @@ def naive_relay(n: int, shape: tuple, loader_batch: int = 8) -> tuple[int, float
         ray.get(relay.wait_ready.remote())
         for _ in Frames(relay, 16):  # warm up
             pass
-        t0 = time.perf_counter()
-        got = 0
-        for batch in torch.utils.data.DataLoader(Frames(relay, n), batch_size=loader_batch, collate_fn=collate):
+        got, t0 = 0, None
+        for batch in torch.utils.data.DataLoader(Frames(relay, n + loader_batch), batch_size=loader_batch, collate_fn=collate):
+            if t0 is None:  # from the first batch, as every row
+                t0 = time.perf_counter()
+                continue
             got += len(batch["image"])
         rate = got / (time.perf_counter() - t0)
     finally:
@@ -160,7 +169,8 @@ def main() -> int:
     # against 3,673 without was once measured here).
     load_before = os.getloadavg()
     zmq_pair(min(200, args.items), shape)
-    zmq_rate, zr = median_rate(lambda: zmq_pair(args.items, shape), args.repeat)
+    zr = [zmq_pair(args.items, shape) for _ in range(args.repeat)]
+    zmq_rate = float(np.median(zr))
     warm = [memcpy_rate(args.items, shape) for _ in range(args.repeat)]
     streaming = [memcpy_rate(args.items, shape, span_bytes=64 << 20) for _ in range(args.repeat)]
     ensure_ray()
