@@ -51,93 +51,8 @@ from blender_worker.pipe import MessagePipe, PipeListener
 from blendtorch_ray.blender import find_blender
 from blendtorch_ray.process import BlenderProcess
 
-_FLOOR = """
-import sys
-import bpy
-import zmq
-from blender_worker.scenes.cartpole_scene import build_scene
-
-argv = sys.argv[sys.argv.index("--") + 1:]
-address, push, last = argv[0], argv[1] == "push", 502
-objs = build_scene(50)
-motor, dv = objs["motor"], 10.0 / (objs["cart"].rigid_body.mass + objs["pole"].rigid_body.mass) / 50
-scene = bpy.context.scene
-scene.frame_start, scene.frame_end = 1, last
-rbw = scene.rigidbody_world
-rbw.point_cache.frame_start, rbw.point_cache.frame_end = 1, last
-sock = zmq.Context.instance().socket(zmq.REP)
-sock.connect(address)
-frame = 1
-scene.frame_set(frame)
-while True:
-    msg = sock.recv()
-    if msg == b"stop":
-        sock.send(b"bye")
-        break
-    frame += 1
-    if frame >= last:  # like an env reset: rewind the physics
-        frame = 1
-        motor.motor_lin_target_velocity = 0.0
-        rbw.time_scale = rbw.time_scale
-    if push:  # the cartpole's action: +-10 N for one frame through the motor (the env's _prepare_step)
-        motor.motor_lin_target_velocity += dv if msg == b"1" else -dv
-    scene.frame_set(frame)
-    sock.send(b"%d" % frame)
-"""
-
-_FLOOR_PIPE = """
-import sys
-import bpy
-from blender_worker.pipe import MessagePipe
-from blender_worker.scenes.cartpole_scene import build_scene
-
-argv = sys.argv[sys.argv.index("--") + 1:]
-address, last = argv[0], 502
-objs = build_scene(50)
-scene = bpy.context.scene
-scene.frame_start, scene.frame_end = 1, last
-rbw = scene.rigidbody_world
-rbw.point_cache.frame_start, rbw.point_cache.frame_end = 1, last
-pipe = MessagePipe.connect(address)
-recv, send = pipe.recv, pipe.send
-frame = 1
-scene.frame_set(frame)
-while True:
-    msg = recv()
-    if msg == b"stop":
-        send(b"bye")
-        break
-    frame += 1
-    if frame >= last:  # like an env reset: rewind the physics
-        frame = 1
-        objs["motor"].motor_lin_target_velocity = 0.0
-        rbw.time_scale = rbw.time_scale
-    scene.frame_set(frame)
-    send(b"%d" % frame)
-"""
-
-_ECHO_PIPE = """
-import sys
-from blender_worker.pipe import MessagePipe
-p = MessagePipe.connect(sys.argv[1])
-while True:
-    m = p.recv()
-    p.send(m)
-    if m == b"stop":
-        break
-"""
-
-_ECHO = """
-import sys, zmq
-s = zmq.Context.instance().socket(zmq.REP)
-s.connect(sys.argv[1])
-while True:
-    m = s.recv()
-    s.send(m)
-    if m == b"stop":
-        break
-"""
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from env_floor_scripts import ECHO, ECHO_PIPE, FLOOR, FLOOR_PIPE  # noqa: E402
 
 def process_cpu_ns(pid: int) -> int:
     """CPU time (ns) of every thread of ``pid`` so far (Linux ``/proc``; 0 elsewhere)."""
@@ -183,7 +98,7 @@ class Floor:
         self.sock.bind(address)
         script = os.path.join(tmp, f"floor-{tag}.py")
         with open(script, "w") as f:
-            f.write(_FLOOR)
+            f.write(FLOOR)
         self.proc = BlenderProcess(find_blender(blender), script, None, [address, "push" if push else "bare"], os.path.join(tmp, f"floor-{tag}.log"))
         self.sock.setsockopt(zmq.RCVTIMEO, 120_000)
         self.sock.send(b"go")
@@ -216,7 +131,7 @@ class PipeFloor:
         self.listener = PipeListener("ipc", tmp, name=f"floorpipe-{tag}")
         script = os.path.join(tmp, f"floorpipe-{tag}.py")
         with open(script, "w") as f:
-            f.write(_FLOOR_PIPE)
+            f.write(FLOOR_PIPE)
         log = os.path.join(tmp, f"floorpipe-{tag}.log")
         self.proc = BlenderProcess(find_blender(blender), script, None, [self.listener.address], log)
         pipe = self.listener.accept(120)
@@ -346,7 +261,7 @@ def run_echo(steps: int, repeat: int, tmp: str) -> float:
     sock.setsockopt(zmq.LINGER, 0)
     address = f"ipc://{tmp}/echo.sock"
     sock.bind(address)
-    proc = subprocess.Popen([sys.executable, "-c", _ECHO, address])
+    proc = subprocess.Popen([sys.executable, "-c", ECHO, address])
     try:
         sock.send(b"ping")
         sock.recv()
@@ -369,7 +284,7 @@ def run_echo_pipe(steps: int, repeat: int, tmp: str) -> float:
     """Round trips/s of a bare message pipe (``blender_worker.pipe``) over a unix stream socket
     to a plain Python echo process."""
     listener = PipeListener("ipc", tmp, name="echo-pipe")
-    proc = subprocess.Popen([sys.executable, "-c", _ECHO_PIPE, listener.address])
+    proc = subprocess.Popen([sys.executable, "-c", ECHO_PIPE, listener.address])
     pipe = None
     try:
         pipe = listener.accept(30)

@@ -18,7 +18,7 @@ import sys
 import time
 
 CASES = [
-    ("render() srgb8 (TGA)", None, "srgb8"),
+    ("render() srgb8 (TIFF, the default)", None, "srgb8"),
     ("rgba linear", ("rgba",), "linear"),
     ("rgba srgb8", ("rgba",), "srgb8"),
     ("rgba+depth", ("rgba", "depth"), "srgb8"),
@@ -100,7 +100,7 @@ def main(argv: list[str]) -> None:
     print(f"{args.width}x{args.height}, {args.frames} frames per case, {args.samples} samples (Cycles/Eevee)")
     for engine in args.engines:
         table = run_engine(engine, args)
-        base = table["render() srgb8 (TGA)"]
+        base = table["render() srgb8 (TIFF, the default)"]
         print(f"\n{engine:<26}{'wall ms':>10}{'cpu ms':>10}{'extra cpu':>10}")
         for name, _, _ in CASES:
             ms = table[name]

@@ -13,7 +13,7 @@ bytes. The body is a pickle (protocol 5, in-band):
 * small objects (requests, step replies) use a compact pickler that stores plain numpy arrays
   as ``(bytes, dtype, shape)``, half the time and bytes of numpy's own reduce for the small
   observations of an env step;
-* objects holding a big array (over ``COMPACT_MAX_BYTES``, e.g. a rendered frame) are plain
+* objects holding a big array (over ``codec.COMPACT_MAX_BYTES``, e.g. a rendered frame) are plain
   protocol-5 pickles with the array data in-band (one copy into the pickle stream).
 
 Either way the receiver calls ``pickle.loads``; arrays arrive writable. The body is only ever
@@ -24,8 +24,9 @@ its ``address`` as ``--btcontrol``; Blender connects with `MessagePipe.connect`.
 ZeroMQ's notation, as the other channels' do: ``ipc://<path>`` (a unix stream socket) or
 ``tcp://127.0.0.1:<port>``.
 
-This module imports only the standard library, numpy and ``blender_worker.codec`` (for
-`CodecError`): it runs inside Blender.
+The body codec (the compact pickler) is ``blender_worker.codec``'s ``encode_compact`` /
+``decode_compact``. This module imports only the standard library and
+``blender_worker.codec``: it runs inside Blender.
 """
 
 from __future__ import annotations
@@ -39,16 +40,11 @@ import struct
 import time
 from typing import Any, Optional
 
-import numpy as np
 
-from blender_worker.codec import CodecError
+from blender_worker.codec import ArrayTooBig, CodecError, CompactPickler, decode_compact, plain_pickle
 
 HEADER = struct.Struct("<Q")
 """The length prefix of every message: 8 bytes, little-endian, unsigned."""
-
-COMPACT_MAX_BYTES = 64 * 1024
-"""Largest array the compact pickler stores as ``(bytes, dtype, shape)``; an object holding a
-bigger one is pickled plainly (protocol 5, in-band)."""
 
 COALESCE_MAX_BYTES = 64 * 1024
 """Bodies up to this size are copied behind their header and sent with one ``send``; bigger
@@ -65,7 +61,6 @@ _SEND_FLAGS = getattr(socket, "MSG_NOSIGNAL", 0)  # a closed peer raises instead
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _PLAIN = (str, int, float, bool, type(None))
 _SCALARS = (*_PLAIN, bytes)
-_DTYPES: dict = {}
 
 
 class PipeClosed(EOFError):
@@ -174,7 +169,7 @@ class MessagePipe:
         self._got = 0  # ... and how much of it has arrived
         self._poller: Any = None
         self._out = io.BytesIO()  # one compact pickler per pipe, reused: saves ~2 us a message
-        self._pickler = _CompactPickler(self._out, protocol=5)
+        self._pickler = CompactPickler(self._out, protocol=5)
 
     @classmethod
     def connect(cls, address: str, timeout: float = 30.0) -> "MessagePipe":
@@ -251,12 +246,12 @@ class MessagePipe:
             raise PipeClosed(f"the peer closed the pipe ({exc})") from exc
 
     def _encode(self, obj: Any) -> Any:
-        """`encode` with this pipe's reused pickler."""
+        """`blender_worker.codec.encode_compact` with this pipe's reused pickler."""
         out, pickler = self._out, self._pickler
         try:
             pickler.dump(obj)
             return out.getvalue()
-        except _TooBig:
+        except ArrayTooBig:
             pass
         except Exception as exc:  # noqa: BLE001 - re-raised as the channel's error
             raise CodecError(f"cannot pickle message ({type(exc).__name__}: {exc})") from exc
@@ -264,7 +259,7 @@ class MessagePipe:
             pickler.clear_memo()
             out.seek(0)
             out.truncate()
-        return _plain(obj)
+        return plain_pickle(obj)
 
     # ------------------------------------------------------------------ receive
     def recv(self, timeout: Optional[float] = None) -> Any:
@@ -296,7 +291,7 @@ class MessagePipe:
             raise PipeClosed(f"the peer reset the pipe ({exc})") from exc
         n = len(data)
         if n > 8 and HEADER.unpack_from(data)[0] == n - 8:  # the fast path: one whole message
-            return decode(data[8:])
+            return decode_compact(data[8:])
         if not n:
             raise PipeClosed("the peer closed the pipe")
         self._buf += data
@@ -316,7 +311,7 @@ class MessagePipe:
                     if len(buf) >= 8 + size:
                         body = bytes(buf[8:8 + size])
                         del buf[:8 + size]
-                        return decode(body)
+                        return decode_compact(body)
                     if size > RECV_CHUNK:  # big: receive the rest in place
                         self._body = bytearray(size)
                         self._got = len(buf) - 8
@@ -324,7 +319,7 @@ class MessagePipe:
                         self._buf = bytearray()
             elif self._got == len(self._body):
                 body, self._body = self._body, None
-                return decode(body)
+                return decode_compact(body)
             if timeout:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -377,78 +372,3 @@ class MessagePipe:
                 self._poller.register(self._sock.fileno(), select.POLLIN)
             return bool(self._poller.poll(max(0, int(timeout * 1000 + 0.999))))
         return bool(select.select([self._sock], [], [], max(0.0, timeout))[0])
-
-
-# ---------------------------------------------------------------------- body codec
-class _TooBig(Exception):
-    """An array too large for the compact pickler (``encode`` pickles plainly instead)."""
-
-
-def _array(data: bytearray, dtype: str, shape: tuple) -> np.ndarray:
-    """Unpickle an array pickled by ``_CompactPickler`` (writable: ``data`` is a bytearray)."""
-    dt = _DTYPES.get(dtype)
-    if dt is None:
-        dt = _DTYPES[dtype] = np.dtype(dtype)
-    arr = np.frombuffer(data, dt)
-    return arr if len(shape) == 1 else arr.reshape(shape)
-
-
-class _CompactPickler(pickle.Pickler):
-    """Pickles plain numpy arrays as ``(bytes, dtype, shape)``: half the time and bytes of
-    numpy's own reduce for the small observations of an env step."""
-
-    def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is np.ndarray and obj.dtype.fields is None and not obj.dtype.hasobject:
-            if obj.nbytes > COMPACT_MAX_BYTES:
-                raise _TooBig
-            return _array, (bytearray(obj.tobytes()), obj.dtype.str, obj.shape)
-        return NotImplemented
-
-
-def encode(obj: Any) -> Any:
-    """The body of a message: the compact pickle of ``obj``, or a plain protocol-5 pickle when
-    it holds an array over ``COMPACT_MAX_BYTES``.
-
-    Args:
-        obj: A pickle-able object.
-
-    Returns:
-        The body (bytes or a buffer).
-
-    Raises:
-        blender_worker.codec.CodecError: ``obj`` cannot be pickled.
-    """
-    out = io.BytesIO()
-    try:
-        _CompactPickler(out, protocol=5).dump(obj)
-    except _TooBig:
-        return _plain(obj)
-    except Exception as exc:  # noqa: BLE001 - re-raised as the channel's error
-        raise CodecError(f"cannot pickle message ({type(exc).__name__}: {exc})") from exc
-    return out.getbuffer()
-
-
-def _plain(obj: Any) -> bytes:
-    """A plain protocol-5 pickle, arrays in-band (objects with a big array)."""
-    try:
-        return pickle.dumps(obj, protocol=5)
-    except Exception as exc:  # noqa: BLE001 - re-raised as the channel's error
-        raise CodecError(f"cannot pickle message ({type(exc).__name__}: {exc})") from exc
-
-
-def decode(body: Any) -> Any:
-    """The object in a message body made by `encode` (or any pickle).
-
-    Args:
-        body: The body bytes.
-
-    Returns:
-        The object.
-
-    Raises:
-        blender_worker.codec.CodecError: ``body`` does not unpickle.
-    """
-    try:
-        return pickle.loads(body)
-    except Exception as exc:  # noqa: BLE001 - re-raised as the channel's error
-        raise CodecError(f"cannot unpickle message body of {len(body)} bytes ({type(exc).__name__}: {exc})") from exc

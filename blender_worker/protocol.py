@@ -36,7 +36,7 @@ KIND_CONTROL = "control"
 KIND_REPLY = "reply"
 """A duplex reply from Blender (Blender -> actor)."""
 KIND_ENV = "env"
-"""Every request and reply on the env channel (REQ/REP)."""
+"""Every request and reply on the env channel (one request, one reply, over `blender_worker.pipe`)."""
 KIND_INFO = "info"
 """Where Blender renders, sent whenever it changes, ``{"device": DeviceChoice.to_dict(),
 "warnings": [new warnings]}`` (Blender -> actor; see ``blender_worker.devices``)."""
@@ -135,7 +135,8 @@ class LaunchArgs:
     data_address: Optional[str] = None
     """ZeroMQ address of the actor's PULL socket that ``DataPublisher`` connects to."""
     control_address: Optional[str] = None
-    """ZeroMQ address of the duplex control socket (or the env channel), if any."""
+    """Address of the duplex control socket (ZeroMQ), or of the env channel's message pipe
+    (``blender_worker.pipe``: the same ``ipc://`` / ``tcp://`` notation), if any."""
     parent_pid: int = 0
     """Pid of the supervising process; Blender exits when it goes away (0: no watchdog)."""
     ack_path: Optional[str] = None

@@ -25,6 +25,7 @@ import ray
 from torch.utils.data import IterableDataset, get_worker_info
 
 from blendtorch_ray.errors import BlendtorchError, StreamTimeout, own_errors
+from blendtorch_ray.locality import worker_share
 from blendtorch_ray.loader import collate, make_loader  # noqa: F401 - re-exported here too
 from blendtorch_ray.resume import advance, check_state, make_state, provenance
 from blendtorch_ray.runtime import actor_name, ensure_ray, gcs_address
@@ -55,32 +56,6 @@ DIAGNOSE_TIMEOUT_S = 10.0
 
 TIMEOUT_LOG_LINES = 15
 """Lines of each waited-for instance's Blender log that a ``StreamTimeout`` carries."""
-
-
-def worker_share(btids: Sequence[int], max_items: Optional[int], num_workers: int, worker: int) -> tuple[list[int], Optional[int]]:
-    """The instances DataLoader worker ``worker`` of ``num_workers`` reads, and its share of
-    ``max_items``.
-
-    Worker ``k`` reads every ``num_workers``-th instance starting at ``k``. Workers that own
-    no instance (more workers than instances) read nothing and get no share, so the shares
-    of the workers that read always add up to ``max_items``.
-
-    Args:
-        btids: The instances the dataset reads.
-        max_items: Items in total over all workers, or None (no limit).
-        num_workers: Number of DataLoader workers (1 without workers).
-        worker: This worker's id, ``0 <= worker < num_workers``.
-
-    Returns:
-        ``(btids, budget)``: this worker's instances and how many items it yields (None: no limit).
-    """
-    readers = min(num_workers, len(btids))
-    if worker >= readers:
-        return [], 0
-    mine = [b for i, b in enumerate(btids) if i % num_workers == worker]
-    if max_items is None:
-        return mine, None
-    return mine, max_items // readers + (1 if worker < max_items % readers else 0)
 
 
 class RemoteIterableDataset(IterableDataset):

@@ -1,7 +1,7 @@
 """Frames stay on their node: which instances each consumer reads, and where instances go.
 
 On one node a consumer reads an instance through the same-node shared-memory path; across
-nodes every frame goes through Ray's object store and the network. When several consumers
+nodes every frame crosses the network (the tcp link, or Ray's object store). When several consumers
 read one group (the ranks of a Ray Train job, or several ``RemoteIterableDataset``\\ s), give
 each the instances on its own node:
 
@@ -11,6 +11,7 @@ each the instances on its own node:
   consumer would otherwise read nothing).
 * `instance_nodes` asks a running group where each instance is; `rank_share` does it all for
   one Ray Train rank (gathering every rank's node with ``torch.distributed``).
+* `worker_share` splits a consumer's instances further over its DataLoader workers.
 * To place instances next to the trainer workers in the first place, pass their nodes:
   ``BlenderLauncher(..., nodes=[...])`` pins instance ``btid`` to ``nodes[btid % len(nodes)]``
   (``PlacementConfig.nodes``; ``"local"``: the launcher's own node). Inside a Ray Train worker
@@ -125,3 +126,29 @@ def rank_share(launcher: Any, rank: Optional[int] = None, world_size: Optional[i
     if not 0 <= rank < world_size:
         raise ValueError(f"rank={rank} is outside 0..{world_size - 1} (world_size={world_size})")
     return shares(instance_nodes(launcher), list(consumer_nodes))[rank]
+
+
+def worker_share(btids: Sequence[int], max_items: Optional[int], num_workers: int, worker: int) -> tuple[list[int], Optional[int]]:
+    """The instances DataLoader worker ``worker`` of ``num_workers`` reads, and its share of
+    ``max_items``.
+
+    Worker ``k`` reads every ``num_workers``-th instance starting at ``k``. Workers that own
+    no instance (more workers than instances) read nothing and get no share, so the shares
+    of the workers that read always add up to ``max_items``.
+
+    Args:
+        btids: The instances the dataset reads.
+        max_items: Items in total over all workers, or None (no limit).
+        num_workers: Number of DataLoader workers (1 without workers).
+        worker: This worker's id, ``0 <= worker < num_workers``.
+
+    Returns:
+        ``(btids, budget)``: this worker's instances and how many items it yields (None: no limit).
+    """
+    readers = min(num_workers, len(btids))
+    if worker >= readers:
+        return [], 0
+    mine = [b for i, b in enumerate(btids) if i % num_workers == worker]
+    if max_items is None:
+        return mine, None
+    return mine, max_items // readers + (1 if worker < max_items % readers else 0)

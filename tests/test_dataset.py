@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from blendtorch_ray import BlenderLauncher, make_loader
-from blendtorch_ray.dataset import worker_share
+from blendtorch_ray.locality import worker_share
 from conftest import TEST_SCRIPTS
 
 FOREVER = str(TEST_SCRIPTS / "forever.py")

@@ -107,8 +107,11 @@ EXPECTED = {
         "parse_launch_args": ["Arguments:", "Returns:"],
         "Signal.add": ["Arguments:", "Returns:"],
     },
-    "blendtorch_ray/dataset.html": {
+    "blendtorch_ray/locality.html": {
         "worker_share": ["Arguments:", "num_workers:", "Returns:"],
+    },
+    "blendtorch_ray/dataset.html": {
+        "RemoteIterableDataset": ["Arguments:", "cross_node:", "Raises:"],
     },
     "blendtorch_ray/env.html": {
         "BlenderEnv": ["Arguments:", "observation_space:"],

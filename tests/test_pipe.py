@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from blender_worker import pipe as pipe_mod
+from blender_worker import codec
 from blender_worker.codec import CodecError
 from blender_worker.pipe import HEADER, MessagePipe, PipeClosed, PipeListener
 
@@ -120,7 +120,7 @@ def test_messages_that_share_a_receive_are_kept_apart(pair):
 def test_a_timeout_in_the_middle_of_a_message_loses_nothing(pair, size):
     driver, blender = pair
     obj = {"cmd": "step", "action": 3} if size == "small" else {"image": np.arange(BIG // 8, dtype=np.float64)}
-    body = bytes(pipe_mod.encode(obj))
+    body = bytes(codec.encode_compact(obj))
     wire = HEADER.pack(len(body)) + body
     cuts = [4, 8 + len(body) // 2] if size == "small" else [len(wire) // 2]  # in the header, in the body
     sent = 0
@@ -166,7 +166,7 @@ def test_eof_when_the_peer_closes(pair):
 
 def test_eof_in_the_middle_of_a_message(pair):
     driver, blender = pair
-    body = bytes(pipe_mod.encode({"cmd": "step"}))
+    body = bytes(codec.encode_compact({"cmd": "step"}))
     blender._sock.sendall(HEADER.pack(len(body)) + body[:3])
     with pytest.raises(TimeoutError):
         driver.recv(0.05)
@@ -226,17 +226,17 @@ def test_compact_bodies_keep_values_and_big_arrays_go_plain():
     small = (np.arange(4, dtype=np.float32), 1.0, False, True, {"k": np.array(3), "f": np.asfortranarray(np.eye(2, 3))})
     structured = np.zeros(2, dtype=[("x", "<f4"), ("y", ">i2")])
     big = {"image": np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)}
-    assert b"_array" in bytes(pipe_mod.encode(small))
-    assert b"_array" not in bytes(pipe_mod.encode(big))
-    obs, reward, terminated, truncated, info = pipe_mod.decode(pipe_mod.encode(small))
+    assert b"_array" in bytes(codec.encode_compact(small))
+    assert b"_array" not in bytes(codec.encode_compact(big))
+    obs, reward, terminated, truncated, info = codec.decode_compact(codec.encode_compact(small))
     assert obs.dtype == np.float32 and obs.tolist() == [0.0, 1.0, 2.0, 3.0] and obs.flags.writeable
     assert (reward, terminated, truncated) == (1.0, False, True)
     assert info["k"].shape == () and int(info["k"]) == 3
     np.testing.assert_array_equal(info["f"], np.eye(2, 3))
-    got = pipe_mod.decode(pipe_mod.encode(structured))
+    got = codec.decode_compact(codec.encode_compact(structured))
     assert got.dtype == structured.dtype and got.tolist() == structured.tolist()
-    got = pipe_mod.decode(pipe_mod.encode(big))
+    got = codec.decode_compact(codec.encode_compact(big))
     np.testing.assert_array_equal(got["image"], big["image"])
     assert got["image"].flags.writeable
     with pytest.raises(CodecError, match="cannot pickle"):
-        pipe_mod.encode({"f": lambda: None})
+        codec.encode_compact({"f": lambda: None})

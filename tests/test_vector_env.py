@@ -181,7 +181,7 @@ def test_bad_input_is_named_before_anything_is_sent():
             envs.step(np.array([0, 2, 1]))
         with pytest.raises(ValueError, match="3 seeds|one seed per sub-env"):
             envs.reset(seed=[1, 2])
-        # Nothing was sent: the REQ/REP channel is still in step and answers a good step.
+        # Nothing was sent: the request/reply channel is still in step and answers a good step.
         obs, reward, *_ = envs.step(np.array([0, 1, 1]))
         assert obs.shape == (n, 4) and (reward == 1.0).all()
     finally:
