@@ -139,12 +139,14 @@ class BlenderActor:
             stream = self.config.stream
             relay = Relay.open(self.sup.receiver, self.sup.mem_dir, ring, stream.max_batches_in_flight + RING_SPARE_SLOTS,
                                int(stream.ring_slot_mb * 2**20))
+            superseded = lambda: self._closed or self._generation != mine  # noqa: E731
             if relay.ring is None:
                 relay.tcp = open_outbox(tcp, stream.max_batches_in_flight, self.sup.warn)
+                relay.superseded = superseded
             if relay.ring is not None:
                 yield relay.ring.header()
             try:
-                yield from batches(self.sup, relay, lambda: self._closed or self._generation != mine)
+                yield from batches(self.sup, relay, superseded)
             except ConnectionAbortedError:  # the ring's reader (or the tcp link's) went away
                 return
             finally:

@@ -60,6 +60,9 @@ class Relay:
         self.receiver = receiver
         self.ring = ring
         self.tcp = tcp
+        self.superseded: Any = lambda: False
+        """Returns True once the stream should end (set by the actor): a tcp send that waits for
+        its consumer then gives up."""
         self.held: list[dict] = []
         """Headers of received items whose arrays still lie in Blender's slots."""
         self.forwarded = Forwarded()
@@ -106,7 +109,7 @@ class Relay:
             The object to yield.
         """
         if self.tcp is not None:
-            return self.tcp.send(batch)  # copied into ZeroMQ's messages: the slots may go back
+            return self.tcp.send(batch, self.superseded)  # packed (copied): the slots may go back
         if self.ring is None:
             return batch
         current = self.receiver.slots

@@ -207,23 +207,28 @@ class TcpOutbox:
         """
         return bool(self.sock.poll(int(timeout * 1000), zmq.POLLOUT))
 
-    def send(self, batch: list) -> dict:
+    def send(self, batch: list, superseded: Callable[[], bool] = lambda: False) -> dict:
         """Send ``batch`` to the consumer. Its arrays are copied once, into one block per key
         (`_pack`), so the caller may give their memory back (Blender's slots) as soon as this
         returns, and the consumer's ``collate`` takes the received block as the batch.
 
         Args:
             batch: A list of item dicts.
+            superseded: Returns True once the stream should end (the actor closes, or a newer
+                stream took the instance over); a send waiting for a consumer then gives up.
 
         Returns:
             The descriptor to yield through the generator in place of the batch.
 
         Raises:
-            ConnectionAbortedError: No consumer was connected for ``PEER_GONE_S``.
+            ConnectionAbortedError: No consumer was connected for ``PEER_GONE_S``, or the
+                stream was superseded while waiting for one.
         """
         frames = codec.encode(_pack(batch), codec="pickle")
         since = time.monotonic()
         while not self.sock.poll(SEND_POLL_MS, zmq.POLLOUT):
+            if superseded():
+                raise ConnectionAbortedError(f"the stream ended while waiting for its consumer at {self.address}")
             if time.monotonic() - since > PEER_GONE_S:
                 raise ConnectionAbortedError(f"no consumer connected at {self.address} for {PEER_GONE_S:.0f}s")
         number = self.sent

@@ -133,6 +133,22 @@ def test_a_dropped_connection_ends_the_wait_at_once():
         inbox.close()
 
 
+def test_a_send_waiting_for_a_gone_consumer_ends_with_its_stream():
+    import zmq as _zmq
+
+    from conftest import wait_until
+
+    inbox, outbox = _link()
+    try:
+        inbox.take(outbox.send(_batch(1)), timeout=10)
+        inbox.close()  # the consumer went away: no peer left for the actor's socket
+        assert wait_until(lambda: not outbox.sock.poll(0, _zmq.POLLOUT), 10)
+        with pytest.raises(ConnectionAbortedError, match="the stream ended while waiting for its consumer"):
+            outbox.send(_batch(1), superseded=lambda: True)
+    finally:
+        outbox.close()
+
+
 def _closed_port() -> int:
     """A tcp port on 127.0.0.1 that nothing listens on (bound once, then closed)."""
     import socket
