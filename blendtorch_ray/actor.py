@@ -141,7 +141,7 @@ class BlenderActor:
                                int(stream.ring_slot_mb * 2**20))
             superseded = lambda: self._closed or self._generation != mine  # noqa: E731
             if relay.ring is None:
-                relay.tcp = open_outbox(tcp, stream.max_batches_in_flight, self.sup.warn)
+                relay.tcp = open_outbox(tcp, self.sup.warn)
                 relay.superseded = superseded
             if relay.ring is not None:
                 yield relay.ring.header()

@@ -317,11 +317,11 @@ class RemoteIterableDataset(IterableDataset):
         """Start the actor's batch generator at this dataset's position of ``btid`` (if it has
         one): through the shared-memory ring if asked for and the actor runs on this node,
         through a tcp link (kept in ``links``) if asked for and it runs on another node."""
-        node = ray.get(actor.endpoints.remote()).get("node_id")
-        here = node == ray.get_runtime_context().get_node_id()
+        here = True  # where the actor runs matters only to the ring and the tcp link
+        if self.shared_memory_ring or self.cross_node == "tcp":
+            here = ray.get(actor.endpoints.remote()).get("node_id") == ray.get_runtime_context().get_node_id()
         ring = self.shared_memory_ring and here
-        inbox = TcpInbox(ray.util.get_node_ip_address(), self.max_batches_in_flight) \
-            if self.cross_node == "tcp" and not here else None
+        inbox = TcpInbox(ray.util.get_node_ip_address()) if self.cross_node == "tcp" and not here else None
         start = self._positions.get(btid)
         gen = actor.stream.options(_generator_backpressure_num_objects=self.max_batches_in_flight).remote(
             ring, start, inbox.offer() if inbox else None)

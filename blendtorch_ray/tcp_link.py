@@ -79,10 +79,9 @@ class TcpInbox:
     Args:
         host: The address the actor's node can reach this process at
             (``ray.util.get_node_ip_address()``).
-        batches_in_flight: The stream's ``max_batches_in_flight``.
     """
 
-    def __init__(self, host: str, batches_in_flight: int) -> None:
+    def __init__(self, host: str) -> None:
         self._ctx = zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.PULL)
         self.sock.setsockopt(zmq.RCVHWM, NO_HWM)
@@ -97,8 +96,6 @@ class TcpInbox:
         self._poller.register(self._events, zmq.POLLIN)
         self._connected = 0
         self.token = secrets.token_bytes(16)
-        self.expected = 0
-        """Number of the next batch to come (the actor numbers them from 0)."""
         self.dropped = 0
         """Messages dropped unread: a wrong token, or a number out of order."""
 
@@ -150,7 +147,6 @@ class TcpInbox:
             if got != number:
                 self.dropped += 1
                 continue
-            self.expected = number + 1
             return _unpack(codec.decode([f.buffer for f in frames[2:]])[1])
 
     def _note_events(self) -> None:
@@ -173,13 +169,12 @@ class TcpOutbox:
 
     Args:
         offer: The consumer's `TcpInbox.offer`.
-        batches_in_flight: The stream's ``max_batches_in_flight``.
 
     Raises:
         ValueError: ``offer`` is not an inbox's offer.
     """
 
-    def __init__(self, offer: dict, batches_in_flight: int) -> None:
+    def __init__(self, offer: dict) -> None:
         try:
             address, token = str(offer["address"]), bytes.fromhex(offer["token"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -271,13 +266,12 @@ def _unpack(packed: dict) -> list:
     return items
 
 
-def open_outbox(offer: Optional[dict], batches_in_flight: int, warn: Callable[[str], None],
+def open_outbox(offer: Optional[dict], warn: Callable[[str], None],
                 connect_timeout: float = CONNECT_TIMEOUT_S) -> Optional[TcpOutbox]:
     """The actor's tcp link for a stream, or None when none was asked for or it cannot connect.
 
     Args:
         offer: The consumer's `TcpInbox.offer`, or None.
-        batches_in_flight: The stream's ``max_batches_in_flight``.
         warn: Called with the reason when the link cannot be used (the object store is then).
         connect_timeout: Seconds to wait for the connection.
 
@@ -287,7 +281,7 @@ def open_outbox(offer: Optional[dict], batches_in_flight: int, warn: Callable[[s
     if offer is None:
         return None
     try:
-        outbox = TcpOutbox(offer, batches_in_flight)
+        outbox = TcpOutbox(offer)
     except (ValueError, zmq.ZMQError) as exc:
         warn(f"cannot use the tcp link to the consumer ({exc}); its batches go through the object store")
         return None

@@ -7,7 +7,7 @@ controller and both ``TorchTrainer`` workers run; it has no ``blender`` resource
 and two worker nodes with one ``blender`` slot each, so each holds exactly one of the 2
 instances of the bundled cube scene. Rank ``r`` reads instance ``r`` through a
 ``RemoteIterableDataset`` (as ``examples/ray_train/train.py --source stream`` does, with
-its ``CornerNet`` and ``to_tensors``), 4 epochs of 64 items per rank.
+its ``CornerNet``, ``to_tensors`` and ``train_step``), 4 epochs of 64 items per rank.
 
 At the start of epoch 2, rank 0 stops before it reads on and tells the driver, which removes
 the node holding instance 0 (its actor, its Blender and the batches in flight there die),
@@ -86,7 +86,6 @@ def train_loop_per_worker(cfg: dict) -> None:
     """DDP training on this rank's instance; every consumed item's identity goes to a file."""
     import torch
     import torch.distributed as dist
-    import torch.nn.functional as F
 
     import ray
     import ray.train
@@ -120,11 +119,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         for _ in range(steps):
             batch = next(batches)
             x, y = cfg["to_tensors"](batch["image"], batch["xy"])
-            loss = F.mse_loss(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(x)
+            total += cfg["train_step"](model, optimizer, x, y) * len(x)
             count += len(x)
             for i in range(len(x)):
                 seen.append([int(batch[k][i]) for k in ("btid", "seed", "seq", "epoch")]
@@ -218,7 +213,8 @@ def chaos_run(tmp_path_factory):
             run["before"] = {h.btid: (h.node_id, h.pid) for h in bl.health()}
             cfg = dict(group=bl.name, namespace=bl.namespace, num_instances=bl.num_instances, out=str(out),
                        epochs=EPOCHS, items=settings.items, batch_size=settings.batch_size, lr=settings.lr,
-                       model=example.CornerNet, to_tensors=example.to_tensors)
+                       model=example.CornerNet, to_tensors=example.to_tensors,
+                       train_step=example.train_step)
             trainer = TorchTrainer(
                 train_loop_per_worker,
                 train_loop_config=cfg,

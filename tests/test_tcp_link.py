@@ -27,8 +27,8 @@ def _batch(n: int, first: int = 0) -> list:
 
 
 def _link():
-    inbox = TcpInbox("127.0.0.1", batches_in_flight=4)
-    outbox = TcpOutbox(inbox.offer(), batches_in_flight=4)
+    inbox = TcpInbox("127.0.0.1")
+    outbox = TcpOutbox(inbox.offer())
     assert outbox.wait_connected(10)
     return inbox, outbox
 
@@ -112,7 +112,7 @@ def test_a_message_without_the_stream_token_is_dropped_unread(tmp_path):
 
 
 def test_an_announced_batch_that_never_comes_is_a_lost_link():
-    inbox = TcpInbox("127.0.0.1", batches_in_flight=4)
+    inbox = TcpInbox("127.0.0.1")
     try:  # nobody ever sends: the whole timeout
         with pytest.raises(TcpLinkLost, match=r"batch 0 announced by the actor did not arrive on tcp://127\.0\.0\.1:\d+ within 1s"):
             inbox.take({tcp_link.TCP_BATCH: 0, "items": 8}, timeout=1)
@@ -162,19 +162,19 @@ def test_an_unreachable_consumer_falls_back_with_a_warning():
     port = _closed_port()
     said = []
     offer = {"address": f"tcp://127.0.0.1:{port}", "token": "00" * 16}
-    assert open_outbox(offer, 4, said.append, connect_timeout=1) is None
+    assert open_outbox(offer, said.append, connect_timeout=1) is None
     assert len(said) == 1 and f"tcp://127.0.0.1:{port} was not reachable within 1s" in said[0]
     assert "cross_node='object_store'" in said[0]
-    assert open_outbox(None, 4, said.append) is None and len(said) == 1  # not asked for: no warning
+    assert open_outbox(None, said.append) is None and len(said) == 1  # not asked for: no warning
 
 
 def test_a_bad_offer_is_refused():
     with pytest.raises(ValueError, match=r"tcp=\{'address': 'x'\} is not a TcpInbox.offer\(\)"):
-        TcpOutbox({"address": "x"}, 4)
+        TcpOutbox({"address": "x"})
     with pytest.raises(ValueError, match=r"tcp address 'ipc:///tmp/x': expected tcp://host:port"):
-        TcpOutbox({"address": "ipc:///tmp/x", "token": "00"}, 4)
+        TcpOutbox({"address": "ipc:///tmp/x", "token": "00"})
     said = []
-    assert open_outbox({"address": "nonsense"}, 4, said.append) is None
+    assert open_outbox({"address": "nonsense"}, said.append) is None
     assert "cannot use the tcp link" in said[0]
 
 

@@ -133,6 +133,15 @@ def to_tensors(image: torch.Tensor, xy: torch.Tensor) -> tuple[torch.Tensor, tor
     return x, y
 
 
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> float:
+    """One optimisation step on a batch; returns the batch's mean loss."""
+    loss = F.mse_loss(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 def _dataset_batches(cfg: dict) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     shard = ray.train.get_dataset_shard("train")
     for batch in shard.iter_torch_batches(batch_size=cfg["batch_size"], drop_last=True):
@@ -191,11 +200,7 @@ def train_loop_per_worker(cfg: dict) -> None:
         total, count = 0.0, 0
         for image, xy in batches:
             x, y = to_tensors(image, xy)
-            loss = F.mse_loss(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(x)
+            total += train_step(model, optimizer, x, y) * len(x)
             count += len(x)
         stats = torch.tensor([total, count], dtype=torch.float64)
         dist.all_reduce(stats)
