@@ -182,9 +182,11 @@ def test_cross_node_is_validated():
     from blendtorch_ray.config import StreamConfig
     from blendtorch_ray.dataset import RemoteIterableDataset
 
-    with pytest.raises(ValueError, match="cross_node"):
+    with pytest.raises(ValueError, match=r"StreamConfig\(cross_node='udp'\): must be one of 'tcp', 'object_store'; "
+                                         r"pass e.g. cross_node='tcp'"):
         StreamConfig(cross_node="udp")
-    with pytest.raises(ValueError, match="cross_node"):
+    with pytest.raises(ValueError, match=r"RemoteIterableDataset\(cross_node='carrier-pigeon'\): must be one of "
+                                         r"'tcp', 'object_store'"):
         RemoteIterableDataset("g", "ns", 1, cross_node="carrier-pigeon")
     assert StreamConfig().cross_node == "tcp"
 
