@@ -170,6 +170,18 @@ def test_shared_memory_files_do_not_outlive_their_actor(ray_session):
         # Ray recreates the actor; on start it sweeps directories of dead actors.
         assert wait_until(lambda: not os.path.exists(mem_dir), timeout=90), f"{mem_dir} outlived its actor"
         assert not os.path.exists(ep["dir"]), "the killed actor's socket/log directory was not swept"
-        new_dir = ray.get(actor.endpoints.remote())["memory_dir"]
+        # The sweep runs while the recreated actor starts: until it is up, Ray answers a call
+        # with ActorUnavailableError ("the actor is restarting").
+        recreated = {}
+
+        def _endpoints() -> bool:
+            try:
+                recreated.update(ray.get(actor.endpoints.remote(), timeout=30))
+                return True
+            except ray.exceptions.ActorUnavailableError:
+                return False
+
+        assert wait_until(_endpoints, timeout=90), "the recreated actor never answered"
+        new_dir = recreated["memory_dir"]
         assert os.path.isdir(new_dir)
     assert wait_until(lambda: not os.path.exists(new_dir), timeout=15), "close() left the memory directory"
