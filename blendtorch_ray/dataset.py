@@ -26,6 +26,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from blendtorch_ray.errors import BlendtorchError, StreamTimeout, own_errors
 from blendtorch_ray.locality import worker_share
+from blendtorch_ray.read_order import FAIR_START_S, ReadOrder
 from blendtorch_ray.loader import collate, make_loader  # noqa: F401 - re-exported here too
 from blendtorch_ray.resume import advance, check_state, make_state, provenance
 from blendtorch_ray.runtime import actor_name, ensure_ray, gcs_address
@@ -43,10 +44,6 @@ ACTOR_LOST: tuple = (
     ray.exceptions.ObjectLostError,
 )
 
-
-FAIR_START_S = 1.0
-"""Longest wait, when a read starts, for every instance's stream to have something ready
-(about the actor's ``max_batch_delay``, after which it sends a partial batch)."""
 
 RECONNECT_RETRY_S = 1.0
 """Seconds between two attempts to reach a recreated actor (and the shortest wait of one)."""
@@ -199,11 +196,9 @@ class RemoteIterableDataset(IterableDataset):
             return
         actors = {b: ray.get_actor(actor_name(self.group, b), namespace=self.namespace) for b in btids}
         links: dict = {}  # stream -> its TcpInbox (instances on other nodes, cross_node="tcp")
-        gens = {self._open_stream(actors[b], b, links): b for b in btids}
-        # Fair start: give every stream a moment to deliver its first object, so that the
-        # round-robin below starts with all instances instead of draining the backlog of
-        # the one whose stream happened to open first.
-        ray.wait(list(gens), num_returns=len(gens), timeout=min(self.timeout, FAIR_START_S))
+        # Round-robin over the ready streams, with a fair start (blendtorch_ray/read_order.py).
+        gens = ReadOrder({self._open_stream(actors[b], b, links): b for b in btids},
+                         fair_start_s=min(self.timeout, FAIR_START_S))
         rings: dict = {}
         remaining = budget
         decode_item = None
@@ -216,11 +211,9 @@ class RemoteIterableDataset(IterableDataset):
             recorder = Recorder(self.record_to)
         try:
             while gens:
-                gen = self._next_ready(gens)
+                gen = gens.next_ready(self.timeout)  # and sends it to the back of the order
                 if gen is None:
-                    raise self._timeout_error(actors, list(gens.values()))
-                # Round-robin: the instance just read goes to the back of the order.
-                gens[gen] = gens.pop(gen)
+                    raise self._timeout_error(actors, gens.btids())
                 try:
                     ref = next(gen)
                     with own_errors():  # the instance's error (e.g. BlenderCrashedError) as itself
@@ -239,18 +232,19 @@ class RemoteIterableDataset(IterableDataset):
                         self.path_counts["tcp"] += 1
                     else:
                         self.path_counts["object_store"] += 1
+                    gens.delivered(gen)
                 except StopIteration:
-                    del gens[gen]
+                    gens.remove(gen)
                     _close_link(links, gen)
                     continue
                 except ACTOR_LOST + (TcpLinkLost,) as exc:
                     # The actor (or its node, or the link to it) died; Ray recreates it elsewhere.
                     # Items in flight are lost (see README: loss bound); delivered items are
                     # never repeated.
-                    b = gens.pop(gen)
+                    b = gens.remove(gen)
                     rings.pop(gen, None)
                     _close_link(links, gen)
-                    gens[self._reconnect(actors[b], b, exc, links)] = b
+                    gens.add(self._reconnect(actors[b], b, exc, links), b)
                     continue
                 for item in batch:
                     if "seq" in item:
@@ -279,19 +273,6 @@ class RemoteIterableDataset(IterableDataset):
                     # The actor (or Ray) may be gone already: nothing left to cancel. Ray raises
                     # RayError subclasses for that, TypeError/ValueError for a refused cancel.
                     log.debug("cancelling a stream of group %r failed: %s", self.group, exc)
-
-    def _next_ready(self, gens: dict) -> Any:
-        """The first stream, in ``gens``' order, with a batch ready; waits up to ``timeout``
-        for one if none is (None then). ``ray.wait(num_returns=1)`` alone would not do:
-        it picks among ready streams in no particular order."""
-        order = list(gens)
-        ready, _ = ray.wait(order, num_returns=len(order), timeout=0)
-        if not ready:
-            ready, _ = ray.wait(order, num_returns=1, timeout=self.timeout)
-            if not ready:
-                return None
-        ready_set = set(ready)
-        return next(g for g in order if g in ready_set)
 
     def _reconnect(self, actor: Any, btid: int, cause: BaseException, links: dict) -> Any:
         """Wait for a recreated actor to be ready again and open a new stream on it."""
