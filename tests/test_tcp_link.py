@@ -94,9 +94,12 @@ def test_a_message_without_the_stream_token_is_dropped_unread(tmp_path):
         frames = codec.encode([_Evil(str(marker))])
         rogue.send_multipart([b"0" * 16, (0).to_bytes(8, "little"), *frames])
         rogue.send_multipart([b"short"])  # malformed too
-        import time
-
-        time.sleep(0.5)  # both queued before the real batch
+        # Waiting for batch 0 before it is sent reads (and drops) both rogue messages: a PULL
+        # socket fair-queues its connections, so with the real batch queued too it could be
+        # returned first and the rogue ones left unread.
+        with pytest.raises(TcpLinkLost):
+            inbox.take({tcp_link.TCP_BATCH: 0, "items": 2}, timeout=3)
+        assert inbox.dropped == 2
         desc = outbox.send(_batch(2))
         got = inbox.take(desc, timeout=10)
         assert [item["seq"] for item in got] == [0, 1]
@@ -192,11 +195,13 @@ def test_cross_node_is_validated():
 
 
 # -- on a real multi-node cluster ---------------------------------------------------------
-def _read(ds, n: int) -> dict:
+def _read(ds, n: int, btids: tuple = ()) -> dict:
+    """``btid -> seqs`` of the first ``n`` items (more if needed until every one of ``btids``
+    has delivered: which instance is ready first depends on how the 2 cores are shared)."""
     got: dict = {}
     for item in ds:
         got.setdefault(int(item["btid"]), []).append(int(item["seq"]))
-        if sum(map(len, got.values())) == n:
+        if sum(map(len, got.values())) >= n and set(btids) <= set(got):
             break
     return got
 
@@ -213,14 +218,14 @@ def test_a_consumer_on_another_node_reads_over_the_tcp_link(ray_cluster):
     with BlenderLauncher(script=str(TEST_SCRIPTS / "forever.py"), num_instances=2, nodes=[a, b],
                          resources={"blender": 1}, instance_args=[["--size", "256"]] * 2, batch_size=4) as bl:
         ds = bl.dataset(timeout=120)
-        got = _read(ds, 64)
+        got = _read(ds, 64, btids=(0, 1))
         assert sorted(got) == [0, 1] and _gap_free(got), got
         assert ds.path_counts["tcp"] >= 16 and ds.path_counts["object_store"] == 0, ds.path_counts
         assert ds.path_counts["ring"] == 0
         # the same stream through Ray's object stores, on request (the dataset goes on where it stands)
         tcp_batches = ds.path_counts["tcp"]
         ds.cross_node = "object_store"
-        got2 = _read(ds, 32)
+        got2 = _read(ds, 32, btids=(0, 1))
         assert _gap_free(got2), got2
         assert ds.path_counts["tcp"] == tcp_batches and ds.path_counts["object_store"] >= 8, ds.path_counts
         for btid in (0, 1):  # where the first read ended, the second went on: nothing skipped or repeated
