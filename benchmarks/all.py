@@ -48,6 +48,7 @@ SUITE: tuple[Bench, ...] = (
     Bench("render", ("--blender", "bpy,blender", "--frames", "100", "--repeat", "3"), 1800,
           "render + stream vs render-only on both Blenders"),
     Bench("startup", ("--repeat", "3"), 600, "time to first batch vs ray.init() alone"),
+    Bench("epochs", ("--repeat", "3"), 1200, "what an epoch boundary costs, kept vs reopened streams"),
     Bench("memory", ("--pause", "30", "--items", "100"), 600, "RSS of driver, actors and Blenders"),
     Bench("env_steps", ("--blender", "bpy,blender", "--steps", "2000", "--repeat", "5"), 1800,
           "env steps/s vs a bare Blender floor"),

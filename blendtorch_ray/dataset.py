@@ -12,47 +12,25 @@ parent's Ray connection); ``make_loader`` sets that up.
 
 A stream the dataset opens starts where it knows the instance stands (stream seed and next
 ``seq``), so none is skipped or repeated, across checkpoints too (blendtorch_ray/resume.py).
+An iteration that stops early leaves its streams open for the next iteration in the same
+process (blendtorch_ray/open_streams.py), so epochs of ``max_items`` follow each other
+without making Blender start again.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import time
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import ray
 from torch.utils.data import IterableDataset, get_worker_info
 
-from blendtorch_ray.errors import BlendtorchError, StreamTimeout, own_errors
-from blendtorch_ray.locality import worker_share
-from blendtorch_ray.read_order import FAIR_START_S, ReadOrder
+from blendtorch_ray.config import CROSS_NODE
 from blendtorch_ray.loader import collate, make_loader  # noqa: F401 - re-exported here too
+from blendtorch_ray.locality import worker_share
+from blendtorch_ray.open_streams import DIAGNOSE_TIMEOUT_S, OpenStreams, StreamOptions
 from blendtorch_ray.resume import advance, check_state, make_state, provenance
 from blendtorch_ray.runtime import actor_name, ensure_ray, gcs_address
-from blendtorch_ray.config import CROSS_NODE
-from blendtorch_ray.shm_ring import ShmRing, is_ring_batch, is_ring_header
-from blendtorch_ray.tcp_link import TcpInbox, TcpLinkLost, is_tcp_batch
-
-log = logging.getLogger("blendtorch_ray")
-
-
-# Errors that mean "the actor or the node holding the batch is gone", not "Blender failed".
-ACTOR_LOST: tuple = (
-    ray.exceptions.RayActorError,
-    ray.exceptions.ActorUnavailableError,
-    ray.exceptions.ObjectLostError,
-)
-
-
-RECONNECT_RETRY_S = 1.0
-"""Seconds between two attempts to reach a recreated actor (and the shortest wait of one)."""
-
-DIAGNOSE_TIMEOUT_S = 10.0
-"""Seconds each diagnostic call (health, log tail) of a stream timeout may take per instance."""
-
-TIMEOUT_LOG_LINES = 15
-"""Lines of each waited-for instance's Blender log that a ``StreamTimeout`` carries."""
 
 
 class RemoteIterableDataset(IterableDataset):
@@ -160,7 +138,10 @@ class RemoteIterableDataset(IterableDataset):
         self._identity = identity
         self._positions: dict = {}
         """``{btid: (stream seed, next seq)}`` of the streams this dataset read or loaded."""
+        self._open: Optional[OpenStreams] = None
+        """The streams the last iteration left open (`close`)."""
         self._creator_pid = os.getpid()
+        self._connected_pid: Optional[int] = None  # the DataLoader worker that connected this copy to Ray
         self.path_counts: dict = {"ring": 0, "tcp": 0, "object_store": 0}
         """Batches this dataset (in this process) received by each path: the same-node ring,
         the cross-node tcp link, or Ray's object store."""
@@ -175,14 +156,16 @@ class RemoteIterableDataset(IterableDataset):
         if info is None:
             ensure_ray(address=self._address, namespace=self.namespace)
             return
-        if ray.is_initialized() and os.getpid() != self._creator_pid:
-            # A forked worker inherited the parent's Ray state, which does not work.
+        if ray.is_initialized() and os.getpid() not in (self._creator_pid, self._connected_pid):
+            # A forked worker inherited the parent's Ray state, which does not work. (A
+            # persistent worker's second epoch finds the connection it made itself.)
             raise RuntimeError(
                 "DataLoader worker was forked from a process using Ray; create the DataLoader "
                 "with multiprocessing_context='spawn' (or 'forkserver'), or use "
                 "blendtorch_ray.make_loader(dataset, ...)"
             )
         ensure_ray(address=self._address, namespace=self.namespace)
+        self._connected_pid = os.getpid()
 
     def __iter__(self) -> Iterator[Any]:
         self._connect()
@@ -194,12 +177,7 @@ class RemoteIterableDataset(IterableDataset):
     def _items(self, btids: list[int], budget: Optional[int]) -> Iterator[Any]:
         if not btids or budget == 0:
             return
-        actors = {b: ray.get_actor(actor_name(self.group, b), namespace=self.namespace) for b in btids}
-        links: dict = {}  # stream -> its TcpInbox (instances on other nodes, cross_node="tcp")
-        # Round-robin over the ready streams, with a fair start (blendtorch_ray/read_order.py).
-        gens = ReadOrder({self._open_stream(actors[b], b, links): b for b in btids},
-                         fair_start_s=min(self.timeout, FAIR_START_S))
-        rings: dict = {}
+        streams = self._take_streams(btids)
         remaining = budget
         decode_item = None
         if self.decode:
@@ -209,106 +187,71 @@ class RemoteIterableDataset(IterableDataset):
             from blendtorch_ray.recording import Recorder
 
             recorder = Recorder(self.record_to)
+        keep = False  # the streams stay open for the next iteration if this one stops early
         try:
-            while gens:
-                gen = gens.next_ready(self.timeout)  # and sends it to the back of the order
-                if gen is None:
-                    raise self._timeout_error(actors, gens.btids())
-                try:
-                    ref = next(gen)
-                    with own_errors():  # the instance's error (e.g. BlenderCrashedError) as itself
-                        batch = ray.get(ref)
-                    if is_ring_header(batch):
-                        rings[gen] = ShmRing.from_header(batch)
-                        # Both sides have it mapped now: unlinking means its memory is freed with
-                        # the last mapping, even if the actor is killed before it cleans up.
-                        rings[gen].unlink()
-                        continue
-                    if is_ring_batch(batch):
-                        batch = rings[gen].take(batch)
-                        self.path_counts["ring"] += 1
-                    elif is_tcp_batch(batch):
-                        batch = links[gen].take(batch, self.timeout)
-                        self.path_counts["tcp"] += 1
-                    else:
-                        self.path_counts["object_store"] += 1
-                    gens.delivered(gen)
-                except StopIteration:
-                    gens.remove(gen)
-                    _close_link(links, gen)
-                    continue
-                except ACTOR_LOST + (TcpLinkLost,) as exc:
-                    # The actor (or its node, or the link to it) died; Ray recreates it elsewhere.
-                    # Items in flight are lost (see README: loss bound); delivered items are
-                    # never repeated.
-                    b = gens.remove(gen)
-                    rings.pop(gen, None)
-                    _close_link(links, gen)
-                    gens.add(self._reconnect(actors[b], b, exc, links), b)
-                    continue
-                for item in batch:
-                    if "seq" in item:
-                        advance(self._positions, item["btid"], item["seed"], item["seq"])
-                    if decode_item is not None and MARKER in item:
-                        item = decode_item(item)
-                    if recorder is not None:
-                        recorder.write(item)
-                    yield self.item_transform(item) if self.item_transform else item
-                    if remaining is not None:
-                        remaining -= 1
-                        if remaining == 0:
-                            return
+            while True:
+                if not streams.leftover:
+                    batch = streams.next_batch()
+                    if batch is None:
+                        return  # every instance finished
+                    streams.leftover.extend(batch)
+                item = streams.leftover.popleft()
+                if "seq" in item:
+                    advance(self._positions, item["btid"], item["seed"], item["seq"])
+                if decode_item is not None and MARKER in item:
+                    item = decode_item(item)
+                if recorder is not None:
+                    recorder.write(item)
+                yield self.item_transform(item) if self.item_transform else item
+                if remaining is not None:
+                    remaining -= 1
+                    if remaining == 0:
+                        keep = True
+                        return
+        except GeneratorExit:  # the consumer stopped reading: what it did not take is kept
+            keep = True
+            raise
         finally:
-            for shm in rings.values():
-                shm.close_reader()
-                shm.close()
-            for gen in list(links):
-                _close_link(links, gen)
             if recorder is not None:
                 recorder.close()
-            for gen in gens:
-                try:
-                    ray.cancel(gen)
-                except (ray.exceptions.RayError, TypeError, ValueError) as exc:
-                    # The actor (or Ray) may be gone already: nothing left to cancel. Ray raises
-                    # RayError subclasses for that, TypeError/ValueError for a refused cancel.
-                    log.debug("cancelling a stream of group %r failed: %s", self.group, exc)
+            if keep:
+                self._keep_streams(streams)
+            else:
+                streams.close()
 
-    def _reconnect(self, actor: Any, btid: int, cause: BaseException, links: dict) -> Any:
-        """Wait for a recreated actor to be ready again and open a new stream on it."""
-        log.warning("instance %d of %r lost (%s); waiting for Ray to recreate it", btid, self.group, type(cause).__name__)
-        deadline = time.monotonic() + self.reconnect_timeout
-        while True:
-            try:
-                info = ray.get(actor.wait_ready.remote(), timeout=max(RECONNECT_RETRY_S, deadline - time.monotonic()))
-                break
-            except ACTOR_LOST + (ray.exceptions.GetTimeoutError,) as exc:
-                if time.monotonic() > deadline:
-                    raise BlendtorchError(
-                        f"instance {btid} of group {self.group!r} was lost ({type(cause).__name__}) and "
-                        f"not recreated within {self.reconnect_timeout:.0f}s; is there a node with free "
-                        f"resources for it (e.g. the 'blender' resource)? Last error: {exc}",
-                        btid=btid,
-                    ) from exc
-                time.sleep(RECONNECT_RETRY_S)
-        log.warning("instance %d of %r is back on node %s (epoch %s)", btid, self.group, info.get("node_id"), info.get("epoch"))
-        return self._open_stream(actor, btid, links)
+    def _take_streams(self, btids: list[int]) -> OpenStreams:
+        """The streams an iteration reads: those the last one left open if they fit, else
+        new ones (opened where this dataset stands)."""
+        options = StreamOptions(self.group, self.namespace, self.timeout, self.reconnect_timeout,
+                                self.max_batches_in_flight, self.shared_memory_ring, self.cross_node)
+        kept, self._open = self._open, None
+        if kept is not None:
+            if kept.serves(options, btids):
+                return kept
+            kept.close()
+        return OpenStreams(options, btids, self._positions, self.path_counts)
 
-    def _open_stream(self, actor: Any, btid: int, links: dict) -> Any:
-        """Start the actor's batch generator at this dataset's position of ``btid`` (if it has
-        one): through the shared-memory ring if asked for and the actor runs on this node,
-        through a tcp link (kept in ``links``) if asked for and it runs on another node."""
-        here = True  # where the actor runs matters only to the ring and the tcp link
-        if self.shared_memory_ring or self.cross_node == "tcp":
-            here = ray.get(actor.endpoints.remote()).get("node_id") == ray.get_runtime_context().get_node_id()
-        ring = self.shared_memory_ring and here
-        inbox = TcpInbox(ray.util.get_node_ip_address()) if self.cross_node == "tcp" and not here else None
-        start = self._positions.get(btid)
-        gen = actor.stream.options(_generator_backpressure_num_objects=self.max_batches_in_flight).remote(
-            ring, start, inbox.offer() if inbox else None)
-        if inbox is not None:
-            links[gen] = inbox
-        return gen
+    def _keep_streams(self, streams: OpenStreams) -> None:
+        if self._open is not None:  # another iteration of this dataset kept its streams since
+            self._open.close()
+        self._open = streams
+
+    def close(self) -> None:
+        """End the streams this dataset keeps open between iterations.
+
+        An iteration that stops early (``max_items``, or a loop broken off) leaves its streams
+        open, so that the next one goes on with what is in flight, without a gap and without
+        making Blender start again. They also end when the dataset is garbage-collected, its
+        settings change, or a checkpoint is loaded.
+        """
+        kept, self._open = self._open, None
+        if kept is not None:
+            kept.close()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_open"] = None  # open streams belong to this process
+        return state
 
     # -- checkpoints (blendtorch_ray/resume.py) ------------------------------------------
     def state_dict(self) -> dict:
@@ -335,6 +278,7 @@ class RemoteIterableDataset(IterableDataset):
         """
         positions = check_state(state, self._group_identity(), owner="RemoteIterableDataset.load_state_dict")
         self._positions.update({b: p for b, p in positions.items() if b in self.btids})
+        self.close()  # open streams stand elsewhere: the next iteration opens them at the state's positions
 
     def mark_consumed(self, batch: Any) -> None:
         """Record that the training loop took these items (with a plain DataLoader and workers).
@@ -354,32 +298,3 @@ class RemoteIterableDataset(IterableDataset):
             actor = ray.get_actor(actor_name(self.group, self.btids[0]), namespace=self.namespace)
             self._identity = ray.get(actor.identity.remote(), timeout=DIAGNOSE_TIMEOUT_S)
         return self._identity
-
-    def _timeout_error(self, actors: dict, waiting: list[int]) -> StreamTimeout:
-        lines, tails = [], []
-        for b in waiting:
-            try:
-                h = ray.get(actors[b].health.remote(), timeout=DIAGNOSE_TIMEOUT_S)
-                lines.append(
-                    f"instance {b}: alive={h.alive} items={h.items} restarts={h.restarts} "
-                    f"last_error={h.last_error}"
-                )
-                tails.append(f"[instance {b}]\n" + ray.get(actors[b].log_tail.remote(TIMEOUT_LOG_LINES),
-                                                           timeout=DIAGNOSE_TIMEOUT_S))
-            except ray.exceptions.RayError as exc:  # dead, unreachable or slow actor (GetTimeoutError)
-                lines.append(f"instance {b}: unreachable ({type(exc).__name__})")
-        btid = waiting[0] if len(waiting) == 1 else None
-        return StreamTimeout(
-            f"no item from instance(s) {waiting} of group {self.group!r} within {self.timeout:.0f}s; "
-            "is the Blender script publishing (and not blocked or too slow)? Raise timeout= "
-            "for slow renders.\n  " + "\n  ".join(lines),
-            btid=btid,
-            log_tail="\n".join(tails),
-        )
-
-
-def _close_link(links: dict, gen: Any) -> None:
-    """Close and forget the tcp link of stream ``gen``, if it has one."""
-    inbox = links.pop(gen, None)
-    if inbox is not None:
-        inbox.close()

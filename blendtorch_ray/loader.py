@@ -22,7 +22,9 @@ def make_loader(dataset: Any, batch_size: int = 8, num_workers: int = 0, device:
 
     Batches with `blendtorch_ray.loader.collate`. With ``num_workers > 0`` the workers
     start with the forkserver method (a forked child cannot use its parent's Ray
-    connection) and each one reads its own share of the instances.
+    connection) and each one reads its own share of the instances. The workers are persistent
+    (they live from one epoch to the next, and so do their streams) unless
+    ``persistent_workers=False`` is passed.
 
     Args:
         dataset: A `blendtorch_ray.dataset.RemoteIterableDataset` (any dataset works).
@@ -63,7 +65,10 @@ def make_loader(dataset: Any, batch_size: int = 8, num_workers: int = 0, device:
     kwargs.setdefault("collate_fn", collate)
     if num_workers > 0:
         kwargs.setdefault("multiprocessing_context", "forkserver")
-        kwargs.setdefault("persistent_workers", False)
+        # Workers that live from one epoch to the next keep their Ray connection and their
+        # open streams (blendtorch_ray/open_streams.py); new ones each epoch take seconds to
+        # start and connect (benchmarks/epochs.py).
+        kwargs.setdefault("persistent_workers", True)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, **kwargs)
     if prefetcher is not None:
         prefetcher.batches = loader

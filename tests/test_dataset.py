@@ -77,3 +77,62 @@ def test_two_instances_interleave_round_robin(ray_session):
     # start the first run drained a whole backlog (40 or 48).
     assert runs[0] <= 3 * batch_size, runs
     assert max(runs[1:]) <= 2 * batch_size, runs
+
+
+def _by_instance(items) -> dict:
+    got: dict = {}
+    for it in items:
+        got.setdefault(int(it["btid"]), []).append((int(it["seq"]), int(it["pid"])))
+    return got
+
+
+@pytest.mark.blender
+@pytest.mark.ray
+def test_an_iteration_that_stops_early_leaves_its_streams_to_the_next(ray_session):
+    # max_items=10 with batches of 4: every iteration ends inside a batch, with more in flight.
+    with BlenderLauncher(script=FOREVER, num_instances=2, num_cpus=0.5, batch_size=4) as bl:
+        ds = bl.dataset(max_items=10, timeout=60)
+        items = []
+        for _ in range(3):
+            epoch = list(ds)
+            assert len(epoch) == 10
+            items += epoch
+        for item in ds:  # a loop broken off after one item
+            items.append(item)
+            break
+        items += list(ds)
+        got = _by_instance(items)
+        assert sorted(got) == [0, 1]
+        for btid, seq_pid in got.items():
+            seqs = [s for s, _ in seq_pid]
+            assert seqs == list(range(len(seqs))), (btid, seqs)  # no gap, no repeat, across iterations
+            assert len({pid for _, pid in seq_pid}) == 1, (btid, seq_pid)  # the same Blender all along
+        # Closed, the streams are opened again where the dataset stands: Blender starts again there
+        # (what every new iteration did before streams were kept), still without a gap.
+        ds.close()
+        after = _by_instance(list(ds))
+        for btid, seq_pid in after.items():
+            assert seq_pid[0][0] == got[btid][-1][0] + 1, (btid, seq_pid, got[btid][-1])
+            assert seq_pid[0][1] != got[btid][-1][1], "close() left the stream open"
+        ds.close()
+
+
+@pytest.mark.blender
+@pytest.mark.ray
+def test_dataloader_workers_keep_their_streams_across_epochs(ray_session):
+    # make_loader's workers are persistent by default; before, a persistent worker's second
+    # epoch also raised "forked from a process using Ray" (it found its own connection).
+    with BlenderLauncher(script=FOREVER, num_instances=2, num_cpus=0.5, batch_size=4) as bl:
+        loader = make_loader(bl.dataset(max_items=12, timeout=60), batch_size=3, num_workers=2)
+        assert loader.persistent_workers
+        items = []
+        for _ in range(3):
+            for batch in loader:
+                items += [{"btid": b, "seq": s, "pid": p} for b, s, p in zip(batch["btid"], batch["seq"], batch["pid"])]
+        del loader
+    got = _by_instance(items)
+    assert sorted(got) == [0, 1] and sum(map(len, got.values())) == 36
+    for btid, seq_pid in got.items():
+        seqs = sorted(s for s, _ in seq_pid)
+        assert seqs == list(range(len(seqs))), (btid, seqs)
+        assert len({pid for _, pid in seq_pid}) == 1, (btid, seq_pid)
