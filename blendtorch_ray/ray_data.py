@@ -293,8 +293,18 @@ def read_group(
     if "columns" in options and options["columns"] is not None:
         options["columns"] = tuple(options["columns"])
     source = BlenderDatasource(group, namespace, num_instances, num_items, btids, ReadOptions(**options))
+    # Ray 2.60 takes the read tasks' resources as named parameters (its ray_remote_args is
+    # deprecated, to be removed in 2.64); any other remote argument still goes through it.
+    named = {k: v for k, v in (ray_remote_args or {}).items() if k in _NAMED_READ_ARGS}
+    rest = {k: v for k, v in (ray_remote_args or {}).items() if k not in _NAMED_READ_ARGS}
     return ray.data.read_datasource(
         source,
         override_num_blocks=len(source.btids),
-        ray_remote_args=ray_remote_args or {},
+        **named,
+        **({"ray_remote_args": rest} if rest else {}),
     )
+
+
+_NAMED_READ_ARGS = ("num_cpus", "num_gpus", "memory", "resources", "accelerator_type", "runtime_env",
+                    "label_selector", "max_calls")
+"""Remote arguments that ``ray.data.read_datasource`` takes as named parameters."""

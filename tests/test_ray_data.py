@@ -105,6 +105,22 @@ def test_iter_torch_batches(cubes):
 
 @pytest.mark.blender
 @pytest.mark.slow
+def test_read_task_resources_go_to_ray_as_named_parameters(cubes):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = cubes.ray_dataset(8, columns=["btid"], ray_remote_args={"num_cpus": 0.25}).take_all()
+    assert len(rows) == 8
+    # Ray 2.60 deprecates ray_remote_args (removed in 2.64): the resources must not go through it
+    assert not [w for w in caught if "ray_remote_args" in str(w.message)], [str(w.message) for w in caught]
+    # a remote argument without a named parameter still reaches Ray (through ray_remote_args)
+    rows = cubes.ray_dataset(8, columns=["btid"], ray_remote_args={"num_cpus": 0.25, "max_retries": 1}).take_all()
+    assert len(rows) == 8
+
+
+@pytest.mark.blender
+@pytest.mark.slow
 def test_map_batches_and_btids_subset(cubes):
     def brightness(batch: dict) -> dict:
         flat = batch["image"][..., :3].reshape(len(batch["image"]), -1).astype(np.float64)
