@@ -185,3 +185,26 @@ def test_shared_memory_files_do_not_outlive_their_actor(ray_session):
         new_dir = recreated["memory_dir"]
         assert os.path.isdir(new_dir)
     assert wait_until(lambda: not os.path.exists(new_dir), timeout=15), "close() left the memory directory"
+
+
+def test_an_actor_killed_between_two_iterations_is_read_on_where_the_dataset_stands(ray_session):
+    """The first iteration leaves its stream open (open_streams.py); its actor is SIGKILLed
+    before the second one. The second reads what the old actor had sent (its ring outlives it
+    in this process), then the recreated actor's new Blender, gap-free."""
+    import ray
+
+    with BlenderLauncher(script=str(TEST_SCRIPTS / "forever.py"), num_cpus=0.5, batch_size=4,
+                         max_actor_restarts=1) as bl:
+        ds = bl.dataset(max_items=10, timeout=120)
+        first = list(ds)
+        ep = ray.get(bl.actors[0].endpoints.remote())
+        os.kill(ep["actor_pid"], signal.SIGKILL)
+        assert wait_until(lambda: not pid_alive(ep["actor_pid"]), timeout=30)
+        ds.max_items = 40  # more than the batches in flight: what the old actor had sent comes first
+        second = list(ds)
+        ds.close()
+    assert [int(it["seq"]) for it in first + second] == list(range(50))
+    assert {int(it["pid"]) for it in first} == {ep["blender_pid"]}
+    pids = [int(it["pid"]) for it in second]
+    assert pids[-1] != ep["blender_pid"], pids  # rendered by the recreated actor's new Blender
+    assert not pid_alive(ep["blender_pid"])
