@@ -16,7 +16,7 @@ from blendtorch_ray.health import InstanceHealth
 from blendtorch_ray.blender import find_blender
 from blendtorch_ray.config import LaunchConfig
 from blendtorch_ray.errors import BlenderStartError, own_errors
-from blendtorch_ray.placement import actor_options, check_capacity, default_num_cpus, resolve_nodes
+from blendtorch_ray.placement import actor_options, check_capacity, default_num_cpus, resolve_nodes, resource_holders
 from blendtorch_ray.prestart import can_prestart, prefetch_consumer_imports, prestart
 from blendtorch_ray.runtime import actor_name, ensure_ray
 
@@ -116,8 +116,8 @@ class BlenderLauncher:
             except ray.exceptions.GetTimeoutError:
                 raise BlenderStartError(
                     f"group {self.name!r}: not every instance was scheduled and ready within "
-                    f"{timeout:.0f}s; free resources now: {ray.available_resources()}. Lower "
-                    "num_instances / num_cpus, add nodes, or pass wait_for_resources=True"
+                    f"{timeout:.0f}s; free resources now: {ray.available_resources()}{resource_holders()}. "
+                    "Lower num_instances / num_cpus, add nodes, or pass wait_for_resources=True"
                 ) from None
         except BaseException:
             self.close()

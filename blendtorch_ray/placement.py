@@ -130,3 +130,24 @@ def actor_options(cfg: LaunchConfig, name: str, namespace: str, node: Optional[s
     if node:  # soft: a lost node's instance is recreated elsewhere
         opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node, soft=True)
     return opts
+
+
+def resource_holders(limit: int = 12) -> str:
+    """``; named actors alive: ...``, for a start that found no free resources (a group left
+    running elsewhere holds them), or "" if Ray cannot say.
+
+    Args:
+        limit: Most names to list.
+
+    Returns:
+        The text to append to the error message.
+    """
+    try:
+        alive = ray.util.list_named_actors(all_namespaces=True)
+    except Exception:  # noqa: BLE001 - a diagnostic only
+        return ""
+    if not alive:
+        return "; named actors alive: none"
+    names = [f"{a['namespace']}/{a['name']}" for a in alive[:limit]]
+    more = [f"{len(alive) - limit} more"] if len(alive) > limit else []
+    return "; named actors alive: " + ", ".join(names + more)

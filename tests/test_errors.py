@@ -58,3 +58,23 @@ def test_reserved_item_key_is_refused_in_publish(ray_session, write_script):
             list(bl.dataset(timeout=60))
     tail = info.value.log_tail
     assert "ValueError" in tail and "['seq']" in tail and "reserved" in tail
+
+
+@pytest.mark.ray
+def test_a_start_without_free_resources_names_the_actors_alive(ray_session):
+    import ray
+
+    from blendtorch_ray.placement import resource_holders
+
+    @ray.remote(num_cpus=0)
+    class Holder:
+        def ping(self) -> bool:
+            return True
+
+    holder = Holder.options(name="left-running", namespace="elsewhere").remote()
+    ray.get(holder.ping.remote())
+    try:
+        assert "elsewhere/left-running" in resource_holders()
+        assert resource_holders(limit=0).endswith(" more") and "left-running" not in resource_holders(limit=0)
+    finally:
+        ray.kill(holder)
