@@ -23,6 +23,10 @@ def _init_local_ray():
 
     from blendtorch_ray.runtime import ensure_ray
 
+    if ray.is_initialized() and ray.get_runtime_context().namespace != "blendtorch-tests":
+        # A Ray some test's launcher started in local mode (2 CPUs, namespace "blendtorch"),
+        # perhaps with a group still running: a CI run found its CPUs all taken by one.
+        ray.shutdown()
     ensure_ray(num_cpus=8, namespace="blendtorch-tests", log_to_driver=False)  # as local mode does
     return ray
 

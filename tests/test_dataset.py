@@ -48,7 +48,12 @@ def test_max_items_is_a_total_with_more_workers_than_instances(ray_session, num_
 
 @pytest.mark.blender
 @pytest.mark.ray
-def test_two_instances_interleave_round_robin(ray_session):
+def test_two_instances_interleave_round_robin(ray_session, monkeypatch):
+    from blendtorch_ray import open_streams
+
+    # A fair start long enough for any machine: the check is about the reader's order, not
+    # about how fast a loaded CI opens the second stream (it took over 1 s twice).
+    monkeypatch.setattr(open_streams, "FAIR_START_S", 60.0)
     batch_size, in_flight = 8, 4
     with BlenderLauncher(script=FOREVER, num_instances=2, num_cpus=0.5, batch_size=batch_size,
                          max_batches_in_flight=in_flight) as bl:
@@ -71,12 +76,15 @@ def test_two_instances_interleave_round_robin(ray_session):
             run = 1
     runs.append(run)
     assert Counter(btids).keys() == {0, 1}
-    # The fair start waits up to FAIR_START_S for every stream's first batch (read_order.py);
-    # one batch of slack for the first run in case a loaded CI delays a stream past it. When
-    # the fair start ended at the ring header, a CI run got [32, 8, 8, 8, 8]; before any fair
-    # start the first run drained a whole backlog (40 or 48).
-    assert runs[0] <= 3 * batch_size, runs
-    assert max(runs[1:]) <= 2 * batch_size, runs
+    # The fair start waits for every stream's first batch (read_order.py), then both backlogs
+    # alternate batch by batch. Before any fair start the first run drained a whole backlog
+    # (40 or 48); with a fair start of 1 s that ended at the ring header, loaded CI runs got
+    # [32, 8, 8, 8, 8] twice.
+    # Later runs depend on which backlog has a batch ready at each read, i.e. on how the 2
+    # cores are shared (a loaded CI got [8, 8, 32, 8, 8]); the strict alternation of ready
+    # streams is tested without timing in test_read_order.py.
+    assert runs[0] <= batch_size, runs
+    assert len(runs) >= 3, runs
 
 
 def _by_instance(items) -> dict:
