@@ -109,7 +109,7 @@ class Relay:
             The object to yield.
         """
         if self.tcp is not None:
-            return self.tcp.send(batch, self.superseded)  # packed (copied): the slots may go back
+            return self.tcp.prepare(batch)  # sent from the slots by ``release``, after the yield
         if self.ring is None:
             return batch
         current = self.receiver.slots
@@ -135,18 +135,30 @@ class Relay:
         return self.forwarded.pending(self.ring.taken()) if self.ring is not None else []
 
     def release(self) -> None:
-        """Give Blender back the slots of held items: their batch has left (Ray serialised
-        each yielded batch before the generator resumes, or the ring copied it)."""
-        for header in self.held:
-            self.receiver.release(header)
-        self.held.clear()
+        """Give Blender back the slots of held items once their batch has left: Ray serialised
+        each yielded batch before the generator resumes, or the ring copied it, or (the tcp
+        link) the batch is sent now, straight from the slots.
+
+        Raises:
+            ConnectionAbortedError: The tcp link's consumer went away (the slots are given
+                back all the same).
+        """
+        try:
+            if self.tcp is not None:
+                # After the descriptor's yield: the consumer reads a batch only once it has
+                # its descriptor, and a send of more than the socket buffers waits for that.
+                self.tcp.flush(self.superseded)
+        finally:
+            for header in self.held:
+                self.receiver.release(header)
+            self.held.clear()
 
     def close(self) -> None:
         """Release everything: held items, and slots forwarded but never taken (the reader
         stopped, or the stream ended first; it frees in order, so these are the tail)."""
-        self.release()
         if self.tcp is not None:
-            self.tcp.close()
+            self.tcp.close()  # first: a batch prepared but not sent is dropped, not sent
+        self.release()
         if self.ring is not None:
             for slot_file, slot in self.pending():
                 slot_file.release(slot)

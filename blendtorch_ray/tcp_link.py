@@ -1,20 +1,27 @@
 """The cross-node fast path: batches go from an actor straight to a consumer on another node
-over one ZeroMQ tcp connection, beside the Ray streaming generator.
+over one plain tcp connection, beside the Ray streaming generator.
 
 Through Ray's object stores a batch is copied six or more times in four processes (the two
 raylets move it between the stores; see docs/scaling.md), and the path is CPU-bound long
-before the network is. Here the consumer binds a PULL socket on its node's IP and hands its
-address and a random token to the actor's ``stream`` call (`TcpInbox.offer`); the actor
-connects a PUSH socket (`TcpOutbox`), sends each batch's frames on it and yields only a small
-descriptor through the generator (`is_tcp_batch`). So the generator still carries what Ray
-is good at: the order of batches, backpressure (``max_batches_in_flight``), cancellation and
-the loss of an actor or node; the bytes cross once per process, as in a bare socket pair.
+before the network is. Here the consumer listens on its node's IP and hands its address and
+a random token to the actor's ``stream`` call (`TcpInbox.offer`); the actor connects
+(`TcpOutbox`) and yields only a small descriptor per batch through the generator
+(`is_tcp_batch`), then sends the batch's bytes. So the generator still carries what Ray is
+good at: the order of batches, backpressure (``max_batches_in_flight``), cancellation and the
+loss of an actor or node.
 
-The consumer decodes a message (pickle, like the rest of the stream) only after its first
-frame matched the stream's token, which only Ray's own channel has carried: a process that
-connects to the port without it has its messages dropped unread (`TcpInbox.dropped`).
-Traffic is not encrypted, as Ray's own object transfers are not without TLS; where that is
-needed, ``StreamConfig(cross_node="object_store")`` keeps every byte inside Ray.
+The bytes cross as in a bare socket pair: the actor hands the kernel the item arrays where
+they lie (Blender's shared-memory slots, one gathering ``sendmsg``: no copy in the actor),
+and the consumer receives each key of the batch straight into one fresh ``(n, ...)`` block
+(``recv_into``), the rows of which ``collate`` returns as the batch without stacking. A
+message (see `PREFIX`) is the stream's token, the batch number, a pickle of everything but
+those blocks (`blender_worker.codec`), then the blocks.
+
+The consumer reads a message only after its first 16 bytes matched the stream's token, which
+only Ray's own channel has carried: a connection that sends anything else is closed unread
+(`TcpInbox.dropped`). Traffic is not encrypted, as Ray's own object transfers are not without
+TLS; where that is needed, ``StreamConfig(cross_node="object_store")`` keeps every byte
+inside Ray.
 
 When the actor cannot reach the consumer's address within ``CONNECT_TIMEOUT_S`` (a firewall
 between nodes), the stream goes through the object store instead, with a warning in the
@@ -25,36 +32,42 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import selectors
+import socket
+import struct
 import time
 from typing import Any, Callable, Optional
 
 import numpy as np
-import zmq
 
 from blender_worker import codec
 from blendtorch_ray.shm_ring import register_block
 
 TCP_BATCH = "__btr_tcp_batch__"
-"""Key of the descriptor the generator yields for a batch that went over the tcp link."""
+"""Key of the descriptor the generator yields for a batch that goes over the tcp link."""
 
 CONNECT_TIMEOUT_S = 10.0
-"""Seconds the actor waits for its connection to the consumer before it falls back to the
-object store for that stream."""
+"""Seconds the actor tries to connect to the consumer before it falls back to the object
+store for that stream."""
 
 PEER_GONE_S = 30.0
-"""Seconds the actor's socket may have no connected consumer (it went away, or the network
-between the nodes broke) before the stream ends."""
+"""Seconds a send may make no progress (the consumer stopped reading, or the network between
+the nodes broke without a reset) before the stream ends."""
 
-SEND_POLL_MS = 500
-"""Milliseconds between two looks at the clock while a send waits for a connected consumer."""
+SEND_POLL_S = 0.5
+"""Seconds between two looks at ``superseded`` while a send waits for the consumer to read."""
 
-NO_HWM = 0
-"""ZeroMQ high-water mark of both ends: none. ZeroMQ counts message parts, not messages (a
-batch is several parts: a limit of a few batches made the actor wait for every batch to be
-read before it sent the next), and Ray's generator backpressure already bounds what is in
-flight: a batch is sent just before its descriptor is yielded, and the yield waits while
-``max_batches_in_flight`` descriptors are not taken, so at most that many plus one batches are
-queued between the two ends."""
+PREFIX = struct.Struct("<16sQII")
+"""Start of every message: token, batch number, number of pickle frames, number of blocks;
+then one little-endian u64 length per frame and per block, then the frames, then the blocks."""
+LENGTH = struct.Struct("<Q")
+
+MAX_PARTS = 4096
+"""Most frames plus blocks a message may announce (more: the connection is dropped)."""
+MAX_MESSAGE_BYTES = 1 << 36
+"""Most bytes a message may announce (64 GiB; more: the connection is dropped)."""
+IOV_MAX = 1024
+"""Most buffers one ``sendmsg`` takes (Linux's UIO_MAXIOV)."""
 
 
 def is_tcp_batch(obj: Any) -> bool:
@@ -64,7 +77,7 @@ def is_tcp_batch(obj: Any) -> bool:
         obj: What the actor's stream yielded.
 
     Returns:
-        True for a `TcpOutbox.send` descriptor.
+        True for a `TcpOutbox.prepare` descriptor.
     """
     return isinstance(obj, dict) and TCP_BATCH in obj
 
@@ -73,8 +86,17 @@ class TcpLinkLost(ConnectionError):
     """A batch announced by the generator did not arrive on the tcp link in time."""
 
 
+class _Peer:
+    """One accepted connection: the bytes of a message prefix read so far."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.trusted = False
+
+
 class TcpInbox:
-    """The consumer's end: a PULL socket bound on ``host`` (this node's IP), random port.
+    """The consumer's end: a listening socket on ``host`` (this node's IP), random port.
 
     Args:
         host: The address the actor's node can reach this process at
@@ -82,22 +104,18 @@ class TcpInbox:
     """
 
     def __init__(self, host: str) -> None:
-        self._ctx = zmq.Context.instance()
-        self.sock = self._ctx.socket(zmq.PULL)
-        self.sock.setsockopt(zmq.RCVHWM, NO_HWM)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        port = self.sock.bind_to_random_port(f"tcp://{host}")
+        self._listener = socket.create_server((host, 0), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self._listener.setblocking(False)
+        port = self._listener.getsockname()[1]
         self.address = f"tcp://{host}:{port}"
-        # Connection events: a dropped connection (the actor's process or node died) ends a
-        # wait for an announced batch at once instead of after the whole timeout.
-        self._events = self.sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
-        self._poller = zmq.Poller()
-        self._poller.register(self.sock, zmq.POLLIN)
-        self._poller.register(self._events, zmq.POLLIN)
-        self._connected = 0
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self._listener, selectors.EVENT_READ, None)
+        self._peers: list = []
+        self._accepted = 0
         self.token = secrets.token_bytes(16)
         self.dropped = 0
-        """Messages dropped unread: a wrong token, or a number out of order."""
+        """Connections closed unread (a wrong token, a malformed prefix) and messages read but
+        dropped (a batch number out of order)."""
 
     def offer(self) -> dict:
         """What the actor's ``stream(tcp=...)`` needs to connect: address and token.
@@ -108,8 +126,8 @@ class TcpInbox:
         return {"address": self.address, "token": self.token.hex()}
 
     def take(self, descriptor: dict, timeout: float) -> list:
-        """The batch that ``descriptor`` announced, decoded (its arrays are views of the
-        received frames, no copy).
+        """The batch that ``descriptor`` announced, decoded: each packed key's arrays are rows
+        of one block it was received into.
 
         Args:
             descriptor: The object the generator yielded (`is_tcp_batch`).
@@ -119,53 +137,145 @@ class TcpInbox:
             The batch: a list of item dicts.
 
         Raises:
-            TcpLinkLost: It did not arrive within ``timeout`` (the actor or the network went
-                away after announcing it).
+            TcpLinkLost: It did not arrive within ``timeout``, or the actor's connection
+                dropped (the actor or the network went away after announcing it).
         """
         number = descriptor[TCP_BATCH]
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                remaining = deadline - time.monotonic()
-                ready = dict(self._poller.poll(int(remaining * 1000) + 1)) if remaining > 0 else {}
-                if self._events in ready:
-                    self._note_events()
-                    if not self._connected and not self.sock.poll(0, zmq.POLLIN):
-                        raise TcpLinkLost(f"batch {number} announced by the actor did not arrive on "
-                                          f"{self.address}: the actor's connection dropped")
+            for peer in list(self._peers):
+                got = self._prefix(peer)
+                if got is None:
                     continue
-                if self.sock not in ready:
-                    raise TcpLinkLost(f"batch {number} announced by the actor did not arrive on {self.address} "
-                                      f"within {timeout:.0f}s")
-                continue
-            if len(frames) < 4 or not hmac.compare_digest(frames[0].bytes, self.token):
-                self.dropped += 1  # not from this stream's actor: never decoded
-                continue
-            got = int.from_bytes(frames[1].bytes, "little")
-            if got != number:
-                self.dropped += 1
-                continue
-            return _unpack(codec.decode([f.buffer for f in frames[2:]])[1])
+                parts = self._body(peer, got, deadline, number)
+                if got[1] != number:
+                    self.dropped += 1
+                    continue
+                return parts
+            if self._accepted and not self._peers:
+                raise TcpLinkLost(f"batch {number} announced by the actor did not arrive on "
+                                  f"{self.address}: the actor's connection dropped")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TcpLinkLost(f"batch {number} announced by the actor did not arrive on {self.address} "
+                                  f"within {timeout:.0f}s")
+            for key, _ in self._sel.select(min(remaining, 1.0)):
+                if key.data is None:
+                    self._accept()
 
-    def _note_events(self) -> None:
-        """Count connections from the monitor's events (accepted +1, disconnected -1)."""
-        from zmq.utils.monitor import recv_monitor_message
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except BlockingIOError:
+                return
+            sock.setblocking(False)
+            peer = _Peer(sock)
+            self._peers.append(peer)
+            self._sel.register(sock, selectors.EVENT_READ, peer)
+            self._accepted += 1
 
-        while self._events.poll(0):
-            event = recv_monitor_message(self._events)["event"]
-            self._connected += 1 if event == zmq.EVENT_ACCEPTED else -1
+    def _drop(self, peer: _Peer, unread: bool) -> None:
+        self._peers.remove(peer)
+        self._sel.unregister(peer.sock)
+        peer.sock.close()
+        if unread:
+            self.dropped += 1
+
+    def _prefix(self, peer: _Peer) -> Optional[tuple]:
+        """``(token, number, frames, blocks, lengths)`` of the message that starts on ``peer``
+        once all of its prefix has arrived, else None (read without waiting). A connection
+        that closes is dropped; one whose first bytes are not the token is dropped unread."""
+        while True:
+            need = PREFIX.size - len(peer.buf)
+            if need <= 0:
+                _, _, frames, blocks = PREFIX.unpack_from(peer.buf)
+                if frames + blocks > MAX_PARTS:
+                    self._drop(peer, unread=True)
+                    return None
+                need = PREFIX.size + LENGTH.size * (frames + blocks) - len(peer.buf)
+                if need <= 0:
+                    break
+            try:
+                chunk = peer.sock.recv(need)
+            except BlockingIOError:
+                return None
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._drop(peer, unread=not peer.trusted and bool(peer.buf))
+                return None
+            peer.buf += chunk
+            if not peer.trusted and len(peer.buf) >= 16:
+                if not hmac.compare_digest(bytes(peer.buf[:16]), self.token):
+                    self._drop(peer, unread=True)  # not from this stream's actor: never decoded
+                    return None
+                peer.trusted = True
+        token, number, frames, blocks = PREFIX.unpack_from(peer.buf)
+        lengths = [LENGTH.unpack_from(peer.buf, PREFIX.size + LENGTH.size * i)[0] for i in range(frames + blocks)]
+        peer.buf = bytearray()
+        if sum(lengths) > MAX_MESSAGE_BYTES:
+            self._drop(peer, unread=True)
+            return None
+        return token, number, frames, blocks, lengths
+
+    def _body(self, peer: _Peer, prefix: tuple, deadline: float, number: int) -> list:
+        """Read the rest of the message whose prefix was read from ``peer`` (a trusted
+        connection: the actor sends whole messages) and decode it."""
+        _, got, frames, blocks, lengths = prefix
+        bufs = [bytearray(n) for n in lengths[:frames]]
+        for buf in bufs:
+            self._fill(peer, memoryview(buf), deadline, number)
+        if got != number:  # read past, unused
+            for n in lengths[frames:]:
+                self._fill(peer, memoryview(bytearray(n)), deadline, number)
+            return []
+        packed = codec.decode(bufs)[1]
+        specs = packed[PACKED]
+        if len(specs) != blocks:
+            raise TcpLinkLost(f"batch {number} on {self.address}: {blocks} blocks, expected {len(specs)}")
+        for (key, (dtype, shape)), n in zip(specs.items(), lengths[frames:]):
+            block = np.empty(shape, dtype)
+            if block.nbytes != n:
+                raise TcpLinkLost(f"batch {number} on {self.address}: block {key!r} of {n} bytes, "
+                                  f"expected {block.nbytes}")
+            self._fill(peer, memoryview(block.reshape(-1).view(np.uint8)), deadline, number)
+            specs[key] = block
+        return _unpack(packed)
+
+    def _fill(self, peer: _Peer, view: memoryview, deadline: float, number: int) -> None:
+        """Receive exactly ``len(view)`` bytes from ``peer`` into ``view``."""
+        sock, got = peer.sock, 0
+        while got < len(view):
+            try:
+                n = sock.recv_into(view[got:])
+            except BlockingIOError:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TcpLinkLost(f"batch {number} was cut off on {self.address}: the rest did not "
+                                      "arrive in time") from None
+                sel = selectors.DefaultSelector()
+                sel.register(sock, selectors.EVENT_READ)
+                sel.select(min(remaining, 1.0))
+                sel.close()
+                continue
+            except OSError:
+                n = 0
+            if not n:
+                self._drop(peer, unread=False)
+                raise TcpLinkLost(f"batch {number} was cut off on {self.address}: the actor's connection dropped")
+            got += n
 
     def close(self) -> None:
-        """Close the socket (unread messages are dropped)."""
-        self.sock.disable_monitor()
-        self._events.close(linger=0)
-        self.sock.close(linger=0)
+        """Close the connections and the listening socket (unread messages are dropped)."""
+        for peer in list(self._peers):
+            self._drop(peer, unread=False)
+        self._sel.close()
+        self._listener.close()
 
 
 class TcpOutbox:
-    """The actor's end: a PUSH socket connected to a consumer's `TcpInbox`.
+    """The actor's end: a connection to a consumer's `TcpInbox`.
 
     Args:
         offer: The consumer's `TcpInbox.offer`.
@@ -181,86 +291,142 @@ class TcpOutbox:
             raise ValueError(f"tcp={offer!r} is not a TcpInbox.offer() ({exc})") from exc
         if not address.startswith("tcp://"):
             raise ValueError(f"tcp address {address!r}: expected tcp://host:port")
+        host, _, port = address[len("tcp://"):].rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"tcp address {address!r}: expected tcp://host:port")
         self.address = address
+        self._where = (host.strip("[]"), int(port))
         self._token = token
-        self._ctx = zmq.Context.instance()
-        self.sock = self._ctx.socket(zmq.PUSH)
-        self.sock.setsockopt(zmq.SNDHWM, NO_HWM)
-        self.sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only on a live connection: POLLOUT means connected
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(address)
+        self.sock: Optional[socket.socket] = None
+        self._pending: list = []
         self.sent = 0
 
     def wait_connected(self, timeout: float) -> bool:
-        """Whether the connection to the consumer is up within ``timeout`` seconds.
+        """Connect to the consumer, trying for up to ``timeout`` seconds.
 
         Args:
-            timeout: Seconds to wait.
+            timeout: Seconds to try.
 
         Returns:
-            True once it is (a send would not wait); False after ``timeout``.
+            True once connected; False after ``timeout``.
         """
-        return bool(self.sock.poll(int(timeout * 1000), zmq.POLLOUT))
+        deadline = time.monotonic() + timeout
+        while self.sock is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                self.sock = socket.create_connection(self._where, timeout=remaining)
+            except OSError:  # refused (not listening yet) or unreachable: once more, shortly
+                time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(SEND_POLL_S)
+        return True
 
-    def send(self, batch: list, superseded: Callable[[], bool] = lambda: False) -> dict:
-        """Send ``batch`` to the consumer. Its arrays are copied once, into one block per key
-        (`_pack`), so the caller may give their memory back (Blender's slots) as soon as this
-        returns, and the consumer's ``collate`` takes the received block as the batch.
+    def prepare(self, batch: list) -> dict:
+        """The descriptor of ``batch``, which `flush` then sends. Nothing is copied: until
+        `flush` returns, the batch's arrays must stay where they are (Blender's slots).
 
         Args:
             batch: A list of item dicts.
+
+        Returns:
+            The descriptor to yield through the generator in place of the batch.
+        """
+        packed, buffers = _pack(batch)
+        frames = [memoryview(f).cast("B") for f in codec.encode(packed, codec="pickle")]
+        lengths = [f.nbytes for f in frames] + [sum(b.nbytes for b in blk) for blk in buffers]
+        head = PREFIX.pack(self._token, self.sent, len(frames), len(buffers)) + b"".join(LENGTH.pack(n) for n in lengths)
+        self._pending = [memoryview(head), *frames, *(b for blk in buffers for b in blk)]
+        number = self.sent
+        self.sent += 1
+        return {TCP_BATCH: number, "items": len(batch)}
+
+    def flush(self, superseded: Callable[[], bool] = lambda: False) -> None:
+        """Send what `prepare` announced (if anything), waiting for the consumer to read it.
+
+        Args:
             superseded: Returns True once the stream should end (the actor closes, or a newer
-                stream took the instance over); a send waiting for a consumer then gives up.
+                stream took the instance over); a send waiting for the consumer then gives up.
+
+        Raises:
+            ConnectionAbortedError: The consumer went away, read nothing for
+                ``PEER_GONE_S``, or the stream was superseded while waiting for it.
+        """
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        if self.sock is None:
+            raise ConnectionAbortedError(f"not connected to the consumer at {self.address}")
+        progress = time.monotonic()
+        while pending:
+            try:
+                n = self.sock.sendmsg(pending[:IOV_MAX], [], socket.MSG_NOSIGNAL)
+            except socket.timeout:
+                if superseded():
+                    raise ConnectionAbortedError(f"the stream ended while waiting for its consumer at {self.address}") from None
+                if time.monotonic() - progress > PEER_GONE_S:
+                    raise ConnectionAbortedError(f"the consumer at {self.address} read nothing for {PEER_GONE_S:.0f}s") from None
+                continue
+            except OSError as exc:
+                raise ConnectionAbortedError(f"the consumer at {self.address} went away ({exc})") from exc
+            progress = time.monotonic()
+            while n and n >= pending[0].nbytes:
+                n -= pending.pop(0).nbytes
+            if n:
+                pending[0] = pending[0][n:]
+
+    def send(self, batch: list, superseded: Callable[[], bool] = lambda: False) -> dict:
+        """`prepare` and `flush` in one: send ``batch`` now.
+
+        Args:
+            batch: A list of item dicts.
+            superseded: As for `flush`.
 
         Returns:
             The descriptor to yield through the generator in place of the batch.
 
         Raises:
-            ConnectionAbortedError: No consumer was connected for ``PEER_GONE_S``, or the
-                stream was superseded while waiting for one.
+            ConnectionAbortedError: As for `flush`.
         """
-        frames = codec.encode(_pack(batch), codec="pickle")
-        since = time.monotonic()
-        while not self.sock.poll(SEND_POLL_MS, zmq.POLLOUT):
-            if superseded():
-                raise ConnectionAbortedError(f"the stream ended while waiting for its consumer at {self.address}")
-            if time.monotonic() - since > PEER_GONE_S:
-                raise ConnectionAbortedError(f"no consumer connected at {self.address} for {PEER_GONE_S:.0f}s")
-        number = self.sent
-        self.sock.send_multipart([self._token, number.to_bytes(8, "little"), *frames], copy=False)
-        self.sent += 1
-        return {TCP_BATCH: number, "items": len(batch)}
+        desc = self.prepare(batch)
+        self.flush(superseded)
+        return desc
 
     def close(self) -> None:
-        """Close the socket; batches not sent yet are dropped (the stream ended)."""
-        self.sock.close(linger=0)
+        """Close the connection; a batch prepared but not sent is dropped (the stream ended)."""
+        self._pending = []
+        if self.sock is not None:
+            self.sock.close()
 
 
 PACKED = "__btr_packed__"
-"""Key of a packed batch (`_pack`): ``{PACKED: {key: block}, "items": [rest of each item]}``."""
+"""Key of a packed batch (`_pack`): ``{PACKED: {key: (dtype, shape)}, "items": [rest of each item]}``;
+on the consumer's side ``{key: block}``."""
 
 
-def _pack(batch: list) -> dict:
-    """The batch with each key whose values are arrays of one shape and dtype in every item
-    stacked into one ``(n, ...)`` block: the one copy of the actor, and on the consumer's side
-    the batch ``collate`` returns without stacking again."""
+def _pack(batch: list) -> tuple:
+    """``(packed, buffers)``: each key whose values are arrays of one shape and dtype in every
+    item is taken out of the items and described as one ``(n, ...)`` block, whose bytes are
+    the items' arrays in order (``buffers``: per block, one byte view per item, no copy)."""
     first = batch[0] if batch else {}
-    blocks = {}
+    specs, buffers = {}, []
     for key, value in first.items():
         if isinstance(value, np.ndarray) and not value.dtype.hasobject and all(
                 isinstance(item.get(key), np.ndarray) and item[key].shape == value.shape
                 and item[key].dtype == value.dtype for item in batch):
-            blocks[key] = np.stack([item[key] for item in batch])
-    items = [{k: v for k, v in item.items() if k not in blocks} for item in batch]
-    return {PACKED: blocks, "items": items}
+            specs[key] = (value.dtype, (len(batch), *value.shape))
+            views = [np.ascontiguousarray(item[key]).reshape(-1).view(np.uint8) for item in batch]
+            buffers.append([memoryview(v) for v in views if v.nbytes])
+    items = [{k: v for k, v in item.items() if k not in specs} for item in batch]
+    return {PACKED: specs, "items": items}, buffers
 
 
 def _unpack(packed: dict) -> list:
-    """The items of a `_pack`ed batch; their packed arrays are rows of the received blocks."""
+    """The items of a received batch; their packed arrays are rows of the received blocks."""
     items = packed["items"]
     for key, block in packed[PACKED].items():
-        if block.flags.writeable and block.flags.c_contiguous:
-            register_block(block)  # fresh memory (the received frame): collate may keep it
+        register_block(block)  # fresh memory (received into): collate may keep it
         for item, row in zip(items, block):
             item[key] = row
     return items
@@ -273,7 +439,7 @@ def open_outbox(offer: Optional[dict], warn: Callable[[str], None],
     Args:
         offer: The consumer's `TcpInbox.offer`, or None.
         warn: Called with the reason when the link cannot be used (the object store is then).
-        connect_timeout: Seconds to wait for the connection.
+        connect_timeout: Seconds to try to connect.
 
     Returns:
         A connected `TcpOutbox`, or None.
@@ -282,7 +448,7 @@ def open_outbox(offer: Optional[dict], warn: Callable[[str], None],
         return None
     try:
         outbox = TcpOutbox(offer)
-    except (ValueError, zmq.ZMQError) as exc:
+    except ValueError as exc:
         warn(f"cannot use the tcp link to the consumer ({exc}); its batches go through the object store")
         return None
     if outbox.wait_connected(connect_timeout):

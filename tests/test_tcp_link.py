@@ -1,6 +1,6 @@
 """The cross-node tcp link (blendtorch_ray/tcp_link.py).
 
-Both ends are checked over real ZeroMQ tcp sockets (frames, order, the token, a lost batch,
+Both ends are checked over real tcp sockets (frames, order, the token, a lost batch,
 an unreachable consumer); then on a real ``ray.cluster_utils.Cluster`` with real Blender:
 a consumer on the head node reads instances on two other nodes over the link, gap-free; with
 ``cross_node="object_store"`` every batch goes through the object store; and an actor that
@@ -13,8 +13,6 @@ import pickle
 
 import numpy as np
 import pytest
-import zmq
-
 from blendtorch_ray import BlenderLauncher
 from blendtorch_ray import tcp_link
 from blendtorch_ray.tcp_link import TcpInbox, TcpLinkLost, TcpOutbox, is_tcp_batch, open_outbox
@@ -83,20 +81,25 @@ class _Evil:
 
 
 def test_a_message_without_the_stream_token_is_dropped_unread(tmp_path):
+    import socket
+
+    from blender_worker import codec
+
     inbox, outbox = _link()
     marker = tmp_path / "unpickled"
-    rogue_ctx = zmq.Context()
-    rogue = rogue_ctx.socket(zmq.PUSH)
-    rogue.connect(inbox.address)
+    host, port = inbox.address[len("tcp://"):].rsplit(":", 1)
+    rogues = [socket.create_connection((host, int(port))) for _ in range(3)]
     try:
-        from blender_worker import codec
-
-        frames = codec.encode([_Evil(str(marker))])
-        rogue.send_multipart([b"0" * 16, (0).to_bytes(8, "little"), *frames])
-        rogue.send_multipart([b"short"])  # malformed too
-        # Waiting for batch 0 before it is sent reads (and drops) both rogue messages: a PULL
-        # socket fair-queues its connections, so with the real batch queued too it could be
-        # returned first and the rogue ones left unread.
+        # A whole message, as the actor would send it, but with a wrong token: its pickle
+        # would create the marker file if it were ever decoded.
+        frames = [bytes(memoryview(f).cast("B")) for f in codec.encode([_Evil(str(marker))])]
+        head = tcp_link.PREFIX.pack(b"0" * 16, 0, len(frames), 0) + b"".join(tcp_link.LENGTH.pack(len(f)) for f in frames)
+        rogues[0].sendall(head + b"".join(frames))
+        rogues[1].sendall(b"short")  # malformed, then closed
+        rogues[1].close()
+        rogues[2].sendall(b"\xff" + b"\0" * 8 + b"\x7f")  # a ZeroMQ greeting's start: then silence
+        # Waiting for batch 0 before it is sent reads what the rogues sent, and drops both
+        # complete ones; the silent one neither holds up the wait nor counts yet.
         with pytest.raises(TcpLinkLost):
             inbox.take({tcp_link.TCP_BATCH: 0, "items": 2}, timeout=3)
         assert inbox.dropped == 2
@@ -104,12 +107,15 @@ def test_a_message_without_the_stream_token_is_dropped_unread(tmp_path):
         got = inbox.take(desc, timeout=10)
         assert [item["seq"] for item in got] == [0, 1]
         assert inbox.dropped == 2
+        with pytest.raises(OSError):  # the inbox closed the connection with the wrong token
+            for _ in range(100):
+                rogues[0].sendall(b"x" * 65536)
         assert not marker.exists()  # the rogue pickle was never loaded
         pickle.loads(pickle.dumps(_Evil(str(marker))))  # (and it would have been: the marker appears)
         assert marker.exists()
     finally:
-        rogue.close(linger=0)
-        rogue_ctx.term()
+        for r in rogues:
+            r.close()
         inbox.close()
         outbox.close()
 
@@ -136,19 +142,44 @@ def test_a_dropped_connection_ends_the_wait_at_once():
         inbox.close()
 
 
-def test_a_send_waiting_for_a_gone_consumer_ends_with_its_stream():
-    import zmq as _zmq
-
-    from conftest import wait_until
-
+def test_a_send_to_a_gone_consumer_ends_the_stream():
     inbox, outbox = _link()
     try:
         inbox.take(outbox.send(_batch(1)), timeout=10)
-        inbox.close()  # the consumer went away: no peer left for the actor's socket
-        assert wait_until(lambda: not outbox.sock.poll(0, _zmq.POLLOUT), 10)
-        with pytest.raises(ConnectionAbortedError, match="the stream ended while waiting for its consumer"):
-            outbox.send(_batch(1), superseded=lambda: True)
+        inbox.close()  # the consumer went away: the kernel resets the actor's connection
+        with pytest.raises(ConnectionAbortedError, match=r"the consumer at tcp://127\.0\.0\.1:\d+ went away"):
+            for _ in range(50):  # the first send after the close may still be buffered
+                outbox.send(_batch(1))
     finally:
+        outbox.close()
+
+
+def test_a_send_waiting_for_a_consumer_that_does_not_read_ends_with_its_stream():
+    inbox, outbox = _link()
+    looks = []
+    try:
+        big = [{"image": np.zeros((64 << 20,), np.uint8)}]  # far more than the socket buffers
+        with pytest.raises(ConnectionAbortedError, match="the stream ended while waiting for its consumer"):
+            outbox.send(big, superseded=lambda: looks.append(1) or len(looks) >= 2)
+        assert len(looks) == 2  # it waited, looking every SEND_POLL_S, until superseded
+    finally:
+        inbox.close()
+        outbox.close()
+
+
+def test_a_prepared_batch_leaves_its_arrays_in_place_until_flushed():
+    inbox, outbox = _link()
+    try:
+        batch = _batch(2)
+        desc = outbox.prepare(batch)
+        batch[1]["image"][:] = 77  # still the caller's memory: flush sends what is there then
+        outbox.flush()
+        got = inbox.take(desc, timeout=10)
+        assert (got[0]["image"] == 0).all() and (got[1]["image"] == 77).all()
+        outbox.flush()  # nothing pending: nothing sent
+        assert outbox.sent == 1
+    finally:
+        inbox.close()
         outbox.close()
 
 
