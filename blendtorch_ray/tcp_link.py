@@ -14,7 +14,7 @@ The bytes cross as in a bare socket pair: the actor hands the kernel the item ar
 they lie (Blender's shared-memory slots, one gathering ``sendmsg``: no copy in the actor),
 and the consumer receives each key of the batch straight into one fresh ``(n, ...)`` block
 (``recv_into``), the rows of which ``collate`` returns as the batch without stacking. A
-message (see `PREFIX`) is the stream's token, the batch number, a pickle of everything but
+message (`blendtorch_ray.tcp_wire`) is the stream's token, the batch number, a pickle of everything but
 those blocks (`blender_worker.codec`), then the blocks.
 
 The consumer reads a message only after its first 16 bytes matched the stream's token, which
@@ -34,14 +34,13 @@ import hmac
 import secrets
 import selectors
 import socket
-import struct
 import time
 from typing import Any, Callable, Optional
 
 import numpy as np
 
 from blender_worker import codec
-from blendtorch_ray.shm_ring import register_block
+from blendtorch_ray.tcp_wire import IOV_MAX, PACKED, message, parse_prefix, prefix_missing, unpack
 
 TCP_BATCH = "__btr_tcp_batch__"
 """Key of the descriptor the generator yields for a batch that goes over the tcp link."""
@@ -56,19 +55,6 @@ the nodes broke without a reset) before the stream ends."""
 
 SEND_POLL_S = 0.5
 """Seconds between two looks at ``superseded`` while a send waits for the consumer to read."""
-
-PREFIX = struct.Struct("<16sQII")
-"""Start of every message: token, batch number, number of pickle frames, number of blocks;
-then one little-endian u64 length per frame and per block, then the frames, then the blocks."""
-LENGTH = struct.Struct("<Q")
-
-MAX_PARTS = 4096
-"""Most frames plus blocks a message may announce (more: the connection is dropped)."""
-MAX_MESSAGE_BYTES = 1 << 36
-"""Most bytes a message may announce (64 GiB; more: the connection is dropped)."""
-IOV_MAX = 1024
-"""Most buffers one ``sendmsg`` takes (Linux's UIO_MAXIOV)."""
-
 
 def is_tcp_batch(obj: Any) -> bool:
     """Whether a yielded object is the descriptor of a batch sent over the tcp link.
@@ -148,7 +134,7 @@ class TcpInbox:
                 if got is None:
                     continue
                 parts = self._body(peer, got, deadline, number)
-                if got[1] != number:
+                if got[0] != number:
                     self.dropped += 1
                     continue
                 return parts
@@ -183,19 +169,16 @@ class TcpInbox:
             self.dropped += 1
 
     def _prefix(self, peer: _Peer) -> Optional[tuple]:
-        """``(token, number, frames, blocks, lengths)`` of the message that starts on ``peer``
+        """``(number, frames, blocks, lengths)`` of the message that starts on ``peer``
         once all of its prefix has arrived, else None (read without waiting). A connection
         that closes is dropped; one whose first bytes are not the token is dropped unread."""
         while True:
-            need = PREFIX.size - len(peer.buf)
-            if need <= 0:
-                _, _, frames, blocks = PREFIX.unpack_from(peer.buf)
-                if frames + blocks > MAX_PARTS:
-                    self._drop(peer, unread=True)
-                    return None
-                need = PREFIX.size + LENGTH.size * (frames + blocks) - len(peer.buf)
-                if need <= 0:
-                    break
+            need = prefix_missing(peer.buf)
+            if need is None:
+                self._drop(peer, unread=True)
+                return None
+            if not need:
+                break
             try:
                 chunk = peer.sock.recv(need)
             except BlockingIOError:
@@ -211,18 +194,15 @@ class TcpInbox:
                     self._drop(peer, unread=True)  # not from this stream's actor: never decoded
                     return None
                 peer.trusted = True
-        token, number, frames, blocks = PREFIX.unpack_from(peer.buf)
-        lengths = [LENGTH.unpack_from(peer.buf, PREFIX.size + LENGTH.size * i)[0] for i in range(frames + blocks)]
-        peer.buf = bytearray()
-        if sum(lengths) > MAX_MESSAGE_BYTES:
+        prefix, peer.buf = parse_prefix(peer.buf), bytearray()
+        if prefix is None:
             self._drop(peer, unread=True)
-            return None
-        return token, number, frames, blocks, lengths
+        return prefix
 
     def _body(self, peer: _Peer, prefix: tuple, deadline: float, number: int) -> list:
         """Read the rest of the message whose prefix was read from ``peer`` (a trusted
         connection: the actor sends whole messages) and decode it."""
-        _, got, frames, blocks, lengths = prefix
+        got, frames, blocks, lengths = prefix
         bufs = [bytearray(n) for n in lengths[:frames]]
         for buf in bufs:
             self._fill(peer, memoryview(buf), deadline, number)
@@ -241,7 +221,7 @@ class TcpInbox:
                                   f"expected {block.nbytes}")
             self._fill(peer, memoryview(block.reshape(-1).view(np.uint8)), deadline, number)
             specs[key] = block
-        return _unpack(packed)
+        return unpack(packed)
 
     def _fill(self, peer: _Peer, view: memoryview, deadline: float, number: int) -> None:
         """Receive exactly ``len(view)`` bytes from ``peer`` into ``view``."""
@@ -333,11 +313,7 @@ class TcpOutbox:
         Returns:
             The descriptor to yield through the generator in place of the batch.
         """
-        packed, buffers = _pack(batch)
-        frames = [memoryview(f).cast("B") for f in codec.encode(packed, codec="pickle")]
-        lengths = [f.nbytes for f in frames] + [sum(b.nbytes for b in blk) for blk in buffers]
-        head = PREFIX.pack(self._token, self.sent, len(frames), len(buffers)) + b"".join(LENGTH.pack(n) for n in lengths)
-        self._pending = [memoryview(head), *frames, *(b for blk in buffers for b in blk)]
+        self._pending = message(self._token, self.sent, batch)
         number = self.sent
         self.sent += 1
         return {TCP_BATCH: number, "items": len(batch)}
@@ -398,38 +374,6 @@ class TcpOutbox:
         self._pending = []
         if self.sock is not None:
             self.sock.close()
-
-
-PACKED = "__btr_packed__"
-"""Key of a packed batch (`_pack`): ``{PACKED: {key: (dtype, shape)}, "items": [rest of each item]}``;
-on the consumer's side ``{key: block}``."""
-
-
-def _pack(batch: list) -> tuple:
-    """``(packed, buffers)``: each key whose values are arrays of one shape and dtype in every
-    item is taken out of the items and described as one ``(n, ...)`` block, whose bytes are
-    the items' arrays in order (``buffers``: per block, one byte view per item, no copy)."""
-    first = batch[0] if batch else {}
-    specs, buffers = {}, []
-    for key, value in first.items():
-        if isinstance(value, np.ndarray) and not value.dtype.hasobject and all(
-                isinstance(item.get(key), np.ndarray) and item[key].shape == value.shape
-                and item[key].dtype == value.dtype for item in batch):
-            specs[key] = (value.dtype, (len(batch), *value.shape))
-            views = [np.ascontiguousarray(item[key]).reshape(-1).view(np.uint8) for item in batch]
-            buffers.append([memoryview(v) for v in views if v.nbytes])
-    items = [{k: v for k, v in item.items() if k not in specs} for item in batch]
-    return {PACKED: specs, "items": items}, buffers
-
-
-def _unpack(packed: dict) -> list:
-    """The items of a received batch; their packed arrays are rows of the received blocks."""
-    items = packed["items"]
-    for key, block in packed[PACKED].items():
-        register_block(block)  # fresh memory (received into): collate may keep it
-        for item, row in zip(items, block):
-            item[key] = row
-    return items
 
 
 def open_outbox(offer: Optional[dict], warn: Callable[[str], None],

@@ -14,7 +14,7 @@ import pickle
 import numpy as np
 import pytest
 from blendtorch_ray import BlenderLauncher
-from blendtorch_ray import tcp_link
+from blendtorch_ray import tcp_link, tcp_wire
 from blendtorch_ray.tcp_link import TcpInbox, TcpLinkLost, TcpOutbox, is_tcp_batch, open_outbox
 from conftest import TEST_SCRIPTS
 
@@ -93,7 +93,7 @@ def test_a_message_without_the_stream_token_is_dropped_unread(tmp_path):
         # A whole message, as the actor would send it, but with a wrong token: its pickle
         # would create the marker file if it were ever decoded.
         frames = [bytes(memoryview(f).cast("B")) for f in codec.encode([_Evil(str(marker))])]
-        head = tcp_link.PREFIX.pack(b"0" * 16, 0, len(frames), 0) + b"".join(tcp_link.LENGTH.pack(len(f)) for f in frames)
+        head = tcp_wire.PREFIX.pack(b"0" * 16, 0, len(frames), 0) + b"".join(tcp_wire.LENGTH.pack(len(f)) for f in frames)
         rogues[0].sendall(head + b"".join(frames))
         rogues[1].sendall(b"short")  # malformed, then closed
         rogues[1].close()
