@@ -29,7 +29,8 @@ Internals: `blendtorch_ray.actor` (the supervising actor), `blendtorch_ray.trans
 `blendtorch_ray.shm_ring`, `blendtorch_ray.prestart`, `blendtorch_ray.process`,
 `blendtorch_ray.blender`, `blendtorch_ray.runtime`, `blendtorch_ray.validation`,
 `blendtorch_ray.cli`, `blendtorch_ray.demo`, `blendtorch_ray.health`, `blendtorch_ray.extras`,
-`blendtorch_ray.placement`, `blendtorch_ray.open_streams` and `blendtorch_ray.read_order` (a
+`blendtorch_ray.placement`, `blendtorch_ray.tcp_link` and `blendtorch_ray.tcp_wire` (the
+cross-node link and its message format), `blendtorch_ray.open_streams` and `blendtorch_ray.read_order` (a
 consumer's streams and the order it reads them in).
 """
 
