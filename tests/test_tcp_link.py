@@ -155,16 +155,41 @@ def test_a_send_to_a_gone_consumer_ends_the_stream():
 
 
 def test_a_send_waiting_for_a_consumer_that_does_not_read_ends_with_its_stream():
-    inbox, outbox = _link()
+    import socket
+
+    # A consumer that accepts the connection but reads nothing (stuck in its training step).
+    stuck = socket.create_server(("127.0.0.1", 0))
+    outbox = TcpOutbox({"address": f"tcp://127.0.0.1:{stuck.getsockname()[1]}", "token": "00" * 16})
     looks = []
     try:
+        assert outbox.wait_connected(10)
         big = [{"image": np.zeros((64 << 20,), np.uint8)}]  # far more than the socket buffers
         with pytest.raises(ConnectionAbortedError, match="the stream ended while waiting for its consumer"):
             outbox.send(big, superseded=lambda: looks.append(1) or len(looks) >= 2)
         assert len(looks) == 2  # it waited, looking every SEND_POLL_S, until superseded
     finally:
-        inbox.close()
+        stuck.close()
         outbox.close()
+
+
+def test_a_batch_cut_off_mid_message_is_a_lost_link():
+    import socket
+
+    from blendtorch_ray import tcp_wire
+
+    inbox = TcpInbox("127.0.0.1")
+    host, port = inbox.address[len("tcp://"):].rsplit(":", 1)
+    actor = socket.create_connection((host, int(port)))
+    try:
+        bufs = tcp_wire.message(inbox.token, 0, _batch(2))
+        whole = b"".join(bytes(b) for b in bufs)
+        actor.sendall(whole[: len(whole) - 100])  # the actor dies in the middle of batch 0
+        actor.close()
+        with pytest.raises(TcpLinkLost, match="the actor's connection dropped"):
+            inbox.take({tcp_link.TCP_BATCH: 0, "items": 2}, timeout=600)
+        assert inbox.dropped == 0  # it had the token: a lost link, not a rogue
+    finally:
+        inbox.close()
 
 
 def test_a_prepared_batch_leaves_its_arrays_in_place_until_flushed():

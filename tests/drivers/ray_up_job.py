@@ -7,10 +7,12 @@ each instance has sent ITEMS (default 4) items (or 1000 x ITEMS items in all: an
 can be well after the other's), from 2 instances that ask for one `blender` slot each, so Ray places them only
 on nodes that advertise the resource; prints one ``RESULT <json>`` line: the cluster's
 `blender` total, items per btid, the node address each instance's actor ran on, and which
-interpreter and blendtorch_ray copy this driver ran with.
+interpreter and blendtorch_ray copy this driver ran with. The group stays up ``HOLD_S``
+seconds after the last item, so that the test sees both Blenders running.
 """
 import json
 import sys
+import time
 from collections import Counter
 
 import ray
@@ -20,6 +22,7 @@ from blender_worker.scenes import CUBE
 from blendtorch_ray import BlenderLauncher
 
 items = int(sys.argv[1]) if len(sys.argv) > 1 else 4
+HOLD_S = 3.0
 ray.init()  # inside `ray job submit`: the cluster the job was submitted to
 addresses = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
 counts: Counter = Counter()
@@ -34,6 +37,10 @@ with BlenderLauncher(
         if min(counts[0], counts[1]) >= items or sum(counts.values()) >= 1000 * items:
             break
     health = launcher.health()
+    # Both Blenders stay up a little longer: the test notes every process on each node by
+    # sampling every 0.5 s, and an instance whose Blender came up late may have sent its
+    # items within one sample (a CI run saw only one of the two Blenders).
+    time.sleep(HOLD_S)
 print("RESULT " + json.dumps({
     "blender_total": ray.cluster_resources().get("blender", 0),
     "node_addresses": sorted(set(addresses.values())),
