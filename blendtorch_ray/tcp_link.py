@@ -13,9 +13,7 @@ loss of an actor or node.
 The bytes cross as in a bare socket pair: the actor hands the kernel the item arrays where
 they lie (Blender's shared-memory slots, one gathering ``sendmsg``: no copy in the actor),
 and the consumer receives each key of the batch straight into one fresh ``(n, ...)`` block
-(``recv_into``), the rows of which ``collate`` returns as the batch without stacking. A
-message (`blendtorch_ray.tcp_wire`) is the stream's token, the batch number, a pickle of everything but
-those blocks (`blender_worker.codec`), then the blocks.
+(``recv_into``), which ``collate`` returns as the batch. The format: `blendtorch_ray.tcp_wire`.
 
 The consumer reads a message only after its first 16 bytes matched the stream's token, which
 only Ray's own channel has carried: a connection that sends anything else is closed unread
@@ -224,27 +222,29 @@ class TcpInbox:
         return unpack(packed)
 
     def _fill(self, peer: _Peer, view: memoryview, deadline: float, number: int) -> None:
-        """Receive exactly ``len(view)`` bytes from ``peer`` into ``view``."""
+        """Receive exactly ``len(view)`` bytes from ``peer`` into ``view`` (blocking, until
+        ``deadline``; the socket's own timeout waits, no selector per wait)."""
         sock, got = peer.sock, 0
-        while got < len(view):
-            try:
-                n = sock.recv_into(view[got:])
-            except BlockingIOError:
+        try:
+            while got < len(view):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TcpLinkLost(f"batch {number} was cut off on {self.address}: the rest did not "
-                                      "arrive in time") from None
-                sel = selectors.DefaultSelector()
-                sel.register(sock, selectors.EVENT_READ)
-                sel.select(min(remaining, 1.0))
-                sel.close()
-                continue
-            except OSError:
-                n = 0
-            if not n:
-                self._drop(peer, unread=False)
-                raise TcpLinkLost(f"batch {number} was cut off on {self.address}: the actor's connection dropped")
-            got += n
+                                      "arrive in time")
+                sock.settimeout(remaining)
+                try:
+                    n = sock.recv_into(view[got:])
+                except socket.timeout:
+                    continue
+                except OSError:
+                    n = 0
+                if not n:
+                    self._drop(peer, unread=False)
+                    raise TcpLinkLost(f"batch {number} was cut off on {self.address}: the actor's connection dropped")
+                got += n
+        finally:
+            if peer in self._peers:
+                sock.setblocking(False)
 
     def close(self) -> None:
         """Close the connections and the listening socket (unread messages are dropped)."""
@@ -269,10 +269,8 @@ class TcpOutbox:
             address, token = str(offer["address"]), bytes.fromhex(offer["token"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"tcp={offer!r} is not a TcpInbox.offer() ({exc})") from exc
-        if not address.startswith("tcp://"):
-            raise ValueError(f"tcp address {address!r}: expected tcp://host:port")
         host, _, port = address[len("tcp://"):].rpartition(":")
-        if not host or not port.isdigit():
+        if not address.startswith("tcp://") or not host or not port.isdigit():
             raise ValueError(f"tcp address {address!r}: expected tcp://host:port")
         self.address = address
         self._where = (host.strip("[]"), int(port))

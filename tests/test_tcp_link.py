@@ -232,6 +232,8 @@ def test_a_bad_offer_is_refused():
         TcpOutbox({"address": "x"})
     with pytest.raises(ValueError, match=r"tcp address 'ipc:///tmp/x': expected tcp://host:port"):
         TcpOutbox({"address": "ipc:///tmp/x", "token": "00"})
+    with pytest.raises(ValueError, match=r"tcp address 'tcp://10\.0\.0\.1': expected tcp://host:port"):
+        TcpOutbox({"address": "tcp://10.0.0.1", "token": "00"})  # no port
     said = []
     assert open_outbox({"address": "nonsense"}, said.append) is None
     assert "cannot use the tcp link" in said[0]
