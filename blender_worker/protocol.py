@@ -40,6 +40,9 @@ KIND_ENV = "env"
 KIND_INFO = "info"
 """Where Blender renders, sent whenever it changes, ``{"device": DeviceChoice.to_dict(),
 "warnings": [new warnings]}`` (Blender -> actor; see ``blender_worker.devices``)."""
+KIND_PAUSED = "paused"
+"""``{"seq"}``: the last message a prestarted Blender sends to the driver that read it before its
+actor existed; it sends nothing more until the actor has bound (see ``LaunchArgs.handover_path``)."""
 
 
 class EnvCommand:
@@ -148,6 +151,9 @@ class LaunchArgs:
     encode: dict = field(default_factory=dict)
     """Item key -> codec spec that ``DataPublisher`` compresses (see ``blender_worker.compress``).
     Flag ``--btencode image=jpeg:90,depth=zstd``."""
+    handover_path: Optional[str] = None
+    """A prestarted Blender's hand-over flag file (``blendtorch_ray.early_read``): while it exists,
+    ``DataPublisher`` sends ``KIND_PAUSED`` once and waits until it is removed. Flag ``--bthandover``."""
     remainder: list[str] = field(default_factory=list)
     """Instance arguments for the user's script (everything the launcher did not consume)."""
 
@@ -174,6 +180,8 @@ class LaunchArgs:
             argv += ["--btslots", ",".join(str(x) for x in self.slots)]
         if self.encode:
             argv += ["--btencode", ",".join(f"{k}={v}" for k, v in self.encode.items())]
+        if self.handover_path:
+            argv += ["--bthandover", self.handover_path]
         return argv
 
 
@@ -236,6 +244,7 @@ def parse_launch_args(argv: Optional[Sequence[str]] = None) -> tuple[LaunchArgs,
     parser.add_argument("-btack", "--btack", default=None)
     parser.add_argument("-btslots", "--btslots", default=None, help="PATH,SLOTS,SLOT_BYTES")
     parser.add_argument("-btencode", "--btencode", default=None, help="KEY=CODEC,...")
+    parser.add_argument("-bthandover", "--bthandover", default=None)
     args, remainder = parser.parse_known_args(_script_argv(argv))
     launch = LaunchArgs(
         btid=args.btid,
@@ -249,6 +258,7 @@ def parse_launch_args(argv: Optional[Sequence[str]] = None) -> tuple[LaunchArgs,
         ack_path=args.btack,
         slots=_parse_slots(args.btslots),
         encode=_parse_encode(args.btencode),
+        handover_path=args.bthandover,
         remainder=list(remainder),
     )
     if launch.parent_pid:

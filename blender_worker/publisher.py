@@ -12,10 +12,12 @@ from typing import Any, Optional
 import zmq
 
 from blender_worker import codec
-from blender_worker.protocol import KIND_END, KIND_INFO, KIND_READY, LaunchArgs, check_item_keys, item_seed
+from blender_worker.protocol import KIND_END, KIND_INFO, KIND_PAUSED, KIND_READY, LaunchArgs, check_item_keys, item_seed
 
 ACK_POLL_S = 0.02
 """Seconds between two looks for the actor's acknowledgement file when the publisher closes."""
+HANDOVER_POLL_S = 0.002
+"""Seconds between two looks, while paused for the hand-over, for the actor to have bound."""
 
 _OPEN: "weakref.WeakSet[DataPublisher]" = weakref.WeakSet()
 """Open publishers of this process (for `can_publish`)."""
@@ -100,6 +102,8 @@ class DataPublisher:
 
             self._slots = SlotFile(*launch.slots)
         self._closed = False
+        self._handover = launch.handover_path
+        """Until the hand-over from the driver to the actor is done (`_hand_over_point`)."""
         self._info_version = 0
         self._info_warnings = 0
         # Readiness handshake: the actor waits for this before reporting the instance ready.
@@ -158,6 +162,8 @@ class DataPublisher:
         if self._closed:
             raise RuntimeError("publish() on a closed DataPublisher")
         check_item_keys(items)
+        if self._handover:
+            self._hand_over_point()
         self._send_info()
         item = dict(items)
         item.update(btid=self.btid, seq=self.seq, seed=self.launch.seed, epoch=self.launch.epoch,
@@ -182,6 +188,8 @@ class DataPublisher:
             return
         self._closed = True
         _OPEN.discard(self)
+        if self._handover:
+            self._hand_over_point()
         self._send_info()
         # End marker: tells the actor that every item of this epoch has been sent.
         self._sock.send_multipart(
@@ -193,6 +201,23 @@ class DataPublisher:
             self._sock.setsockopt(zmq.LINGER, linger_ms)
         self._sock.close()
         self._ctx.term()
+
+    def _hand_over_point(self) -> None:
+        """Let the driver hand this prestarted Blender over to its actor, between two messages.
+
+        The driver reads a prestarted Blender before its actor exists
+        (``blendtorch_ray.early_read``). To hand over, it creates the flag file; the next
+        message is then ``KIND_PAUSED``, the last one the driver reads, and nothing follows
+        until the actor has bound the socket and removed the file: no message is in flight
+        while the socket changes hands. One stat per message until then; nothing after.
+        """
+        path = self._handover
+        if not os.path.exists(path):
+            return
+        self._sock.send_multipart(codec.encode({"seq": self.seq}, codec="json", kind=KIND_PAUSED), copy=False)
+        while os.path.exists(path):  # the lifeline still ends this process if the driver goes away
+            time.sleep(HANDOVER_POLL_S)
+        self._handover = None
 
     def _send_info(self) -> None:
         """Tell the actor where Blender renders when that changed (``KIND_INFO``); one integer

@@ -72,7 +72,9 @@ class BlenderActor:
         with warnings.catch_warnings():  # Ray's property warns about its own internals
             warnings.simplefilter("ignore")
             reconstructed = ray.get_runtime_context().was_current_actor_reconstructed
-        if prestarted is not None and (reconstructed or not prestarted.usable()):
+        # A prestarted Blender the driver read is taken over even if it ended meanwhile: the
+        # supervisor then restarts it after the items the driver read (blendtorch_ray/handover.py).
+        if prestarted is not None and (reconstructed or not (prestarted.usable() or prestarted.handover)):
             prestarted.discard()  # a recreated actor starts its own Blender
             prestarted = None
         sweep_stale_dirs()

@@ -148,6 +148,12 @@ class SupervisionConfig:
     """Local mode: when the launcher starts Ray itself, start Blender at the same time and let
     the actors adopt those processes (see blendtorch_ray/prestart.py). Ignored on clusters,
     for tcp, GPUs and custom resources."""
+    read_before_ray: bool = True
+    """With ``prestart``: ``start()`` returns once Blender said hello, Ray comes up in the
+    background, and a dataset iterated in the launching process reads the prestarted
+    Blenders directly until their actors adopt them, without a gap or a repeat; the first
+    batch then arrives before Ray is up (see blendtorch_ray/early_read.py). False: ``start()``
+    returns once Ray is up and every actor is ready."""
 
     def __post_init__(self) -> None:
         own = "SupervisionConfig"

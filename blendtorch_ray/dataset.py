@@ -73,6 +73,9 @@ class RemoteIterableDataset(IterableDataset):
         identity: What a checkpoint of this stream belongs to
             (`blendtorch_ray.resume.group_identity`); None: asked from the group's actors
             when needed.
+        early: Set by ``BlenderLauncher.dataset`` while its group comes up in the background
+            (`blendtorch_ray.early_read.EarlyGroup`): an iteration in this process reads the
+            prestarted Blenders directly until their actors take over.
 
     Raises:
         ValueError: A count or time is out of range, or a ``btid`` is not in the group.
@@ -105,6 +108,7 @@ class RemoteIterableDataset(IterableDataset):
         cross_node: str = "tcp",
         decode: bool = True,
         identity: Optional[dict] = None,
+        early: Optional[Any] = None,
     ) -> None:
         super().__init__()
         from blendtorch_ray import validation
@@ -136,6 +140,7 @@ class RemoteIterableDataset(IterableDataset):
         self.decode = decode
         self._address = gcs_address() if ray.is_initialized() else None
         self._identity = identity
+        self._early = early
         self._positions: dict = {}
         """``{btid: (stream seed, next seq)}`` of the streams this dataset read or loaded."""
         self._open: Optional[OpenStreams] = None
@@ -167,8 +172,13 @@ class RemoteIterableDataset(IterableDataset):
         ensure_ray(address=self._address, namespace=self.namespace)
         self._connected_pid = os.getpid()
 
+    def _reads_early(self) -> bool:
+        """Whether an iteration here reads the prestarted Blenders first (Ray still starting)."""
+        return self._early is not None and get_worker_info() is None and not self._early.up.done()
+
     def __iter__(self) -> Iterator[Any]:
-        self._connect()
+        if not self._reads_early():
+            self._connect()
         info = get_worker_info()
         n, k = (info.num_workers, info.id) if info else (1, 0)
         btids, budget = worker_share(self.btids, self.max_items, n, k)
@@ -229,6 +239,16 @@ class RemoteIterableDataset(IterableDataset):
             if kept.serves(options, btids):
                 return kept
             kept.close()
+        if self._reads_early():
+            from blendtorch_ray.early_read import EarlyStreams
+
+            return EarlyStreams(self._early, btids, self.timeout, lambda: self._streams_after_early(options, btids))
+        return OpenStreams(options, btids, self._positions, self.path_counts)
+
+    def _streams_after_early(self, options: StreamOptions, btids: list[int]) -> OpenStreams:
+        """The actors' streams, once the group is up, where the early items ended."""
+        self._early.wait_up()
+        self._connect()
         return OpenStreams(options, btids, self._positions, self.path_counts)
 
     def _keep_streams(self, streams: OpenStreams) -> None:
@@ -251,6 +271,9 @@ class RemoteIterableDataset(IterableDataset):
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_open"] = None  # open streams belong to this process
+        if self._early is not None:  # DataLoader workers read the group's streams: they need its Ray
+            self._early.wait_up()
+            state["_address"], state["_early"] = gcs_address(), None
         return state
 
     # -- checkpoints (blendtorch_ray/resume.py) ------------------------------------------

@@ -16,7 +16,8 @@ from blendtorch_ray.transport import PrivateDir, has_shared_memory_room, memory_
 
 
 def blender_args(config: LaunchConfig, btid: int, epoch: int, data_address: str, control_address: str,
-                 parent_pid: int, ack_path: str, slots: Optional[SlotFile], start: Optional[Position] = None) -> list[str]:
+                 parent_pid: int, ack_path: str, slots: Optional[SlotFile], start: Optional[Position] = None,
+                 handover_path: Optional[str] = None) -> list[str]:
     """The command line of one Blender instance after ``--``.
 
     Args:
@@ -29,6 +30,8 @@ def blender_args(config: LaunchConfig, btid: int, epoch: int, data_address: str,
         ack_path: Prefix of the end-marker acknowledgement files.
         slots: The shared-memory slot file of this process, or None.
         start: ``(stream seed, first seq)``; None: `blendtorch_ray.resume.start_position`.
+        handover_path: The hand-over flag file of a Blender the driver reads before its actor
+            exists (`blendtorch_ray.early_read`), or None.
 
     Returns:
         The launch flags (``blender_worker.protocol.LaunchArgs``), then the user's instance
@@ -47,6 +50,7 @@ def blender_args(config: LaunchConfig, btid: int, epoch: int, data_address: str,
         ack_path=ack_path,
         slots=(slots.path, slots.slots, slots.slot_bytes) if slots else None,
         encode=config.stream.encode,
+        handover_path=handover_path,
     ).to_argv() + config.args_for(btid)
 
 

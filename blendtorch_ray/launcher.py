@@ -15,10 +15,11 @@ from blendtorch_ray.actor import RemoteBlenderActor
 from blendtorch_ray.health import InstanceHealth
 from blendtorch_ray.blender import find_blender
 from blendtorch_ray.config import LaunchConfig
+from blendtorch_ray.early_read import EarlyGroup
 from blendtorch_ray.errors import BlenderStartError, own_errors
 from blendtorch_ray.placement import actor_options, check_capacity, default_num_cpus, resolve_nodes, resource_holders
 from blendtorch_ray.prestart import can_prestart, prefetch_consumer_imports, prestart
-from blendtorch_ray.runtime import actor_name, ensure_ray
+from blendtorch_ray.runtime import actor_name, ensure_ray, run_in_keeper_thread
 
 log = logging.getLogger("blendtorch_ray")
 
@@ -66,13 +67,21 @@ class BlenderLauncher:
         self.config = config
         self.name: str = config.name  # type: ignore[assignment]
         self.namespace = config.namespace
-        self.actors: list = []
+        self._actors: list = []
+        self._early: Optional[EarlyGroup] = None
+        """The prestarted Blenders read before Ray is up (``read_before_ray``), or None."""
         self._owner = True
         self._started = False
 
     # -- life cycle ----------------------------------------------------------------
     def start(self) -> "BlenderLauncher":
         """Create the actors and wait until every instance is ready (``with`` calls this).
+
+        In local mode with ``read_before_ray`` (the default), this returns once every
+        Blender said hello, while Ray and the actors come up in the background: a dataset
+        iterated in this process reads the Blenders directly meanwhile
+        (`blendtorch_ray.early_read`), and anything that needs the actors waits for them (and
+        raises what kept them from coming up).
 
         Returns:
             This launcher, started (calling ``start()`` again does nothing).
@@ -89,11 +98,29 @@ class BlenderLauncher:
         cfg = self.config
         blender = find_blender(cfg.blender, ui=cfg.ui)  # fail fast, in the driver, with the fix in the message
         prestarted: dict = {}
+        read_early = False
         if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS") and can_prestart(cfg):
             # Local mode, Ray not up yet: Blender boots while Ray starts; actors adopt it.
-            prestarted = {b: prestart(cfg, b, blender) for b in range(cfg.num_instances)}
+            read_early = cfg.supervision.read_before_ray
+            prestarted = {b: prestart(cfg, b, blender, read_early) for b in range(cfg.num_instances)}
         prefetch_consumer_imports()
         self._prestarted = list(prestarted.values())
+        if read_early:
+            try:
+                self._early = EarlyGroup.open(cfg, prestarted)
+            except BaseException:
+                self._discard_prestarted()
+                raise
+            self._early.up = run_in_keeper_thread(lambda: self._bring_up(prestarted))
+        else:
+            self._bring_up(prestarted)
+        self._started = True
+        atexit.register(self.close)
+        return self
+
+    def _bring_up(self, prestarted: dict) -> None:
+        """Start Ray if needed, create the actors and wait until every one is ready."""
+        cfg = self.config
         try:
             ensure_ray(namespace=self.namespace)
             if cfg.placement.num_cpus is None:
@@ -107,9 +134,11 @@ class BlenderLauncher:
             nodes = resolve_nodes(cfg)
             for btid in range(cfg.num_instances):
                 opts = actor_options(cfg, actor_name(self.name, btid), self.namespace, nodes[btid] if nodes else None)
-                self.actors.append(RemoteBlenderActor.options(**opts).remote(cfg, btid, prestarted.get(btid)))
-            refs = [a.wait_ready.remote() for a in self.actors]
+                self._actors.append(RemoteBlenderActor.options(**opts).remote(cfg, btid, prestarted.get(btid)))
+            refs = [a.wait_ready.remote() for a in self._actors]
             timeout = None if cfg.placement.wait_for_resources else cfg.supervision.ready_timeout + START_GRACE_S
+            if self._early is not None:  # each actor takes its socket over as soon as it asks
+                self._early.hand_over(lambda b: not ray.wait([refs[b]], timeout=0)[0], timeout or float("inf"))
             try:
                 with own_errors():
                     ray.get(refs, timeout=timeout)
@@ -120,17 +149,28 @@ class BlenderLauncher:
                     "Lower num_instances / num_cpus, add nodes, or pass wait_for_resources=True"
                 ) from None
         except BaseException:
-            self.close()
+            self._close_group()
             raise
-        self._started = True
-        atexit.register(self.close)
-        return self
+
+    def _wait_up(self) -> None:
+        """Wait for a start in the background (``read_before_ray``); raise why it failed."""
+        if self._early is not None:
+            self._early.wait_up()
 
     def _discard_prestarted(self) -> None:
         """End prestarted Blender processes no actor runs any more (or ever adopted)."""
+        if self._early is not None:
+            self._early.close()
         for p in getattr(self, "_prestarted", []):
             p.discard()
         self._prestarted = []
+
+    @property
+    def actors(self) -> list:
+        """The instances' actor handles, in ``btid`` order (waits for a start in the background)."""
+        if self._started:
+            self._wait_up()
+        return self._actors
 
     def close(self) -> None:
         """Stop every Blender and its actor; safe to call more than once.
@@ -140,7 +180,15 @@ class BlenderLauncher:
         """
         if not self._owner:
             return
-        actors, self.actors = self.actors, []
+        if self._early is not None:  # a start in the background finishes first (bounded by its timeouts)
+            try:
+                self._early.wait_up()
+            except Exception as exc:  # it cleaned up after itself
+                log.debug("group %r: its start failed: %s", self.name, exc)
+        self._close_group()
+
+    def _close_group(self) -> None:
+        actors, self._actors = self._actors, []
         if actors:
             try:
                 ray.get([a.close.remote() for a in actors], timeout=CLOSE_TIMEOUT_S)
@@ -195,7 +243,7 @@ class BlenderLauncher:
             raise ValueError(f"no blendtorch-ray group named {name!r} in namespace {namespace!r}")
         self = cls.__new__(cls)
         self.config = None  # type: ignore[assignment]
-        self.name, self.namespace, self.actors = name, namespace, actors
+        self.name, self.namespace, self._actors, self._early = name, namespace, actors, None
         self._owner, self._started = False, True
         return self
 
@@ -203,7 +251,7 @@ class BlenderLauncher:
     @property
     def num_instances(self) -> int:
         """Number of instances in the group."""
-        return len(self.actors)
+        return len(self._actors) or (self.config.num_instances if self._started and self.config else 0)
 
     def dataset(
         self,
@@ -255,6 +303,7 @@ class BlenderLauncher:
             self.start()
         inflight = max_batches_in_flight or (self.config.stream.max_batches_in_flight if self.config else 4)
         return RemoteIterableDataset(
+            early=self._early if self._early is not None and not self._early.up.done() else None,
             group=self.name,
             namespace=self.namespace,
             num_instances=self.num_instances,
@@ -300,6 +349,7 @@ class BlenderLauncher:
             self.start()
         if self.config is not None:
             options.setdefault("max_batches_in_flight", self.config.stream.max_batches_in_flight)
+        self._wait_up()
         return read_group(self.name, self.namespace, self.num_instances, num_items, **options)
 
     def channel(self) -> "GroupChannel":
@@ -362,6 +412,8 @@ class BlenderLauncher:
 
     def _health_for_display(self) -> tuple[Optional[list[InstanceHealth]], str]:
         """Health for ``repr``: (rows, "") or (None, why not), never raising or hanging long."""
+        if self._early is not None and not self._early.up.done():
+            return None, "starting: Ray is coming up"
         if not self.actors:
             return None, "not started" if not self._started else "no instances"
         try:

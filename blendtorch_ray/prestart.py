@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from blender_worker.slots import SlotFile
+from blendtorch_ray import handover
 from blendtorch_ray.blender import BlenderExecutable
 from blendtorch_ray.config import LaunchConfig
 from blendtorch_ray.instance import blender_args, blender_environment, instance_dirs, slot_file_for
@@ -46,6 +47,9 @@ class Prestarted:
     """Written with Blender's exit code by the driver once it has reaped the process."""
     slots: Optional[tuple]
     """``(path, slots, slot_bytes)`` of the slot file, or None."""
+    handover: bool = False
+    """The driver reads it before its actor exists (``blendtorch_ray.early_read``): the actor
+    takes the socket over (``blendtorch_ray.handover``)."""
 
     def usable(self) -> bool:
         """True while the process runs and its directories exist (same node, not ended)."""
@@ -85,12 +89,23 @@ def can_prestart(config: LaunchConfig) -> bool:
                 and not config.placement.resources and not config.placement.nodes)
 
 
-def prestart(config: LaunchConfig, btid: int, blender: BlenderExecutable) -> Prestarted:
-    """Start instance ``btid``'s first Blender now, as its actor would."""
+def prestart(config: LaunchConfig, btid: int, blender: BlenderExecutable, read_early: bool = False) -> Prestarted:
+    """Start instance ``btid``'s first Blender now, as its actor would.
+
+    Args:
+        config: The group's configuration.
+        btid: Instance id.
+        blender: The Blender to run.
+        read_early: The driver reads it until the actor takes over (``blendtorch_ray.early_read``).
+
+    Returns:
+        The process, for its actor to adopt.
+    """
     d, m, log_path = instance_dirs(config, btid)
     slots = slot_file_for(config, m, 0)
     args = blender_args(config, btid, 0, ipc_address(d, "data"), ipc_address(d, "control"),
-                        os.getpid(), d.join("end-ack"), slots)
+                        os.getpid(), d.join("end-ack"), slots,
+                        handover_path=d.join(handover.PAUSE_FILE) if read_early else None)
     proc = BlenderProcess(blender, config.script, config.scene, args, log_path, blender_environment(config.env, m))
     exit_file = d.join("exit-code")
 
@@ -106,7 +121,8 @@ def prestart(config: LaunchConfig, btid: int, blender: BlenderExecutable) -> Pre
     threading.Thread(target=reap, name=f"btr-reap-{btid}", daemon=True).start()
     _STARTED[proc.pid] = proc
     return Prestarted(btid=btid, pid=proc.pid, dir=d.path, memory_dir=m.path, log_path=log_path,
-                      exit_file=exit_file, slots=(slots.path, slots.slots, slots.slot_bytes) if slots else None)
+                      exit_file=exit_file, slots=(slots.path, slots.slots, slots.slot_bytes) if slots else None,
+                      handover=read_early)
 
 
 def prefetch_consumer_imports() -> None:

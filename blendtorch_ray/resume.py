@@ -274,8 +274,8 @@ def reposition(sup: Any, position: Optional[Position]) -> bool:
     """Make an instance go on at ``position``: the seek behind `load_state_dict` and every
     reopened stream (called by ``BlenderActor.stream``).
 
-    If the instance's next item not yet received (``Supervisor.next_seq``, same stream seed)
-    is the one asked for, nothing happens: what Blender sent since is exactly what comes next.
+    If the instance's next item (``Supervisor.position``: the first not yet handed over, same
+    stream seed) is the one asked for, nothing happens: what Blender sent since is exactly what comes next.
     Otherwise (the consumer lost items in flight, or resumes from a checkpoint) Blender is
     killed, whatever it sent is dropped and a new Blender starts at ``position``.
 
@@ -286,7 +286,7 @@ def reposition(sup: Any, position: Optional[Position]) -> bool:
     Returns:
         True if Blender was restarted at ``position``.
     """
-    if position is None or (sup.stream_seed, sup.next_seq) == tuple(position):
+    if position is None or sup.position() == tuple(position):
         return False
     log.info("Blender instance %d: starting again at seed %d, seq %d (was at seed %d, seq %d)",
              sup.btid, position[0], position[1], sup.stream_seed, sup.next_seq)
@@ -296,6 +296,7 @@ def reposition(sup: Any, position: Optional[Position]) -> bool:
     for header in held:  # dropped: the new Blender renders them again
         sup.receiver.release(header)
     sup.process.terminate(timeout=0)
+    sup.pending.clear()  # read before the actor existed: rendered again too
     sup.stream_seed, sup.next_seq = int(position[0]), int(position[1])
     sup.epoch += 1
     sup.ready = False

@@ -4,7 +4,9 @@ group's actors there."""
 from __future__ import annotations
 
 import os
-from typing import Optional
+import threading
+from concurrent.futures import Future
+from typing import Any, Callable, Optional
 
 import ray
 
@@ -60,3 +62,31 @@ def actor_name(group: str, btid: int) -> str:
         ``"{group}/{btid}"``, looked up in the group's namespace.
     """
     return f"{group}/{btid}"
+
+
+def run_in_keeper_thread(fn: Callable[[], Any], name: str = "btr-ray-start") -> Future:
+    """Run ``fn`` (which may start Ray) in a new thread that then lives as long as the process.
+
+    Ray starts its own processes (GCS, raylet) with ``PR_SET_PDEATHSIG``, which Linux sends
+    when the *thread* that started them ends: a thread that called ``ray.init()`` and
+    returned would take the local Ray down with it (measured: the GCS died as the thread
+    ended). So the thread stays, idle, after ``fn`` returns.
+
+    Args:
+        fn: What to run.
+        name: The thread's name.
+
+    Returns:
+        A future of ``fn``'s result (or exception).
+    """
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # handed to whoever waits for the future
+            future.set_exception(exc)
+        threading.Event().wait()  # never set: Ray's processes live as long as this thread
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future

@@ -14,11 +14,13 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from typing import Any, Optional
 
 from blender_worker import codec
 from blender_worker.protocol import KIND_END, KIND_INFO, KIND_ITEM, KIND_READY
 from blender_worker.slots import SlotFile
+from blendtorch_ray import handover
 from blendtorch_ray.blender import BlenderExecutable
 from blendtorch_ray.config import LaunchConfig
 from blendtorch_ray.duplex import ControlEndpoint
@@ -66,6 +68,13 @@ class Supervisor:
             self.log_path = prestarted.log_path
         else:
             self.dir, self.mem_dir, self.log_path = instance_dirs(config, btid)
+        taken_over = None
+        if prestarted is not None and prestarted.handover:  # the driver reads it: wait for its socket
+            taken_over = handover.adopt(self.dir.path, self.mem_dir.path, config.supervision.ready_timeout)
+            if taken_over is None:
+                raise BlenderStartError(f"Blender instance {btid}: the driver did not hand its socket over within "
+                                        f"{config.supervision.ready_timeout:.0f}s (ready_timeout)", btid=btid,
+                                        log_path=self.log_path)
         stream = config.stream
         self.receiver = ItemReceiver(self.dir if stream.transport == "ipc" else None, stream.transport,
                                      max_message_bytes=int(stream.max_message_mb * 2**20))
@@ -78,6 +87,8 @@ class Supervisor:
         self.restarts = 0
         self.recycles = 0
         self.lost = 0
+        self.pending: deque = deque()
+        """Items received before this actor (``blendtorch_ray.handover``), handed over first."""
         self.items = 0
         self.batches = 0
         self.dropped = 0
@@ -98,8 +109,28 @@ class Supervisor:
         if prestarted is not None:
             self.receiver.slots = prestarted.open_slots()
             self.process = BlenderProcess.adopt(blender, prestarted.pid, self.log_path, prestarted.exit_file)
+            if taken_over is not None:
+                self._take_over(taken_over)
         else:
             self.process = self._spawn()
+
+    def _take_over(self, state: handover.HandoverState) -> None:
+        """Go on from what the driver read before this actor existed, and let Blender go on."""
+        self.next_seq, self.ready = state.next_seq, state.ready
+        self.items = self._epoch_items = state.items
+        self.dropped += state.dropped
+        self.device = state.device
+        for text in state.warnings:
+            self.warn(text)
+        self.pending.extend(state.leftovers)
+        handover.release_blender(self.dir.path)
+        if state.end is not None:
+            self.on_end(state.end)
+        log.info("Blender instance %d: taken over from the driver; %s", self.btid, handover.describe(state))
+
+    def position(self) -> tuple:
+        """``(stream seed, seq)`` of the next item this instance hands over."""
+        return self.stream_seed, (self.pending[0]["seq"] if self.pending else self.next_seq)
 
     # -- the process ---------------------------------------------------------------
     def _spawn(self) -> BlenderProcess:
@@ -260,6 +291,8 @@ class Supervisor:
             ``(header, item)``, or None if no item arrived in time. The header must be
             released (``receiver.release``) once the item's arrays are no longer needed.
         """
+        if self.pending:
+            return {"kind": KIND_ITEM}, self.pending.popleft()
         with self.lock:
             msg = self.recv(timeout_ms)
         return None if msg is None else self._take(msg)

@@ -119,7 +119,8 @@ class ItemReceiver:
     malformed, truncated or larger than ``max_message_bytes`` (all frames together) raise
     ``codec.CodecError`` and are dropped; the socket stays usable. The size is checked after
     receipt, not with ZeroMQ's MAXMSGSIZE: that one disconnects the sender mid-message, and
-    the message vanishes without anybody hearing of it.
+    the message vanishes without anybody hearing of it. ``context``: the ZeroMQ context (default:
+    the process's shared one).
     """
 
     def __init__(
@@ -128,8 +129,9 @@ class ItemReceiver:
         transport: str = "ipc",
         recv_hwm: int = 4,
         max_message_bytes: int = 1 << 30,
+        context: Optional[zmq.Context] = None,
     ) -> None:
-        self._ctx = zmq.Context.instance()
+        self._ctx = context or zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.PULL)
         self.sock.setsockopt(zmq.RCVHWM, recv_hwm)
         self.sock.setsockopt(zmq.LINGER, 0)
