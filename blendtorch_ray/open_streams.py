@@ -153,8 +153,8 @@ class OpenStreams:
         """End every stream: rings and links closed, generators cancelled."""
         for gen in list(self._rings) + list(self._links):
             self._forget(gen)
-        for gen in self._order:
-            try:
+        for gen in self._order if ray.is_initialized() else ():  # Ray shut down: nothing left to cancel
+            try:  # (and a call would start a new Ray: ray.cancel auto-initialises)
                 ray.cancel(gen)
             except (ray.exceptions.RayError, TypeError, ValueError) as exc:
                 # The actor (or Ray) may be gone already: nothing left to cancel. Ray raises
