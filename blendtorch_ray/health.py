@@ -106,3 +106,28 @@ def health_html(summary: str, rows: Optional[Sequence[InstanceHealth]], why: str
     )
     header = "".join(f"<th>{c}</th>" for c in HTML_COLUMNS)
     return head + f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>"
+
+
+REPR_HEALTH_TIMEOUT_S = 5.0
+"""How long ``repr(launcher)`` (a notebook's display of it) waits for the instances' health."""
+
+
+def health_for_display(actors: list, started: bool) -> tuple:
+    """A group's health for ``repr``: ``(rows, "")`` or ``(None, why not)``, never raising or
+    waiting more than ``REPR_HEALTH_TIMEOUT_S``.
+
+    Args:
+        actors: The instances' actor handles.
+        started: Whether the group was started.
+
+    Returns:
+        ``(list of InstanceHealth or None, reason)``.
+    """
+    import ray
+
+    if not actors:
+        return None, "not started" if not started else "no instances"
+    try:
+        return ray.get([a.health.remote() for a in actors], timeout=REPR_HEALTH_TIMEOUT_S), ""
+    except Exception as exc:  # a repr must not raise: show why there is no health instead
+        return None, f"health unavailable: {type(exc).__name__}: {exc}".splitlines()[0]

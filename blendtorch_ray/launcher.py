@@ -11,25 +11,19 @@ from typing import Any, Callable, Optional
 
 import ray
 
-from blendtorch_ray.actor import RemoteBlenderActor
-from blendtorch_ray.health import InstanceHealth
+from blendtorch_ray.health import InstanceHealth, health_for_display
 from blendtorch_ray.blender import find_blender
 from blendtorch_ray.config import LaunchConfig
 from blendtorch_ray.early_read import EarlyGroup
-from blendtorch_ray.errors import BlenderStartError, own_errors
-from blendtorch_ray.placement import actor_options, check_capacity, default_num_cpus, resolve_nodes, resource_holders
+from blendtorch_ray.group_start import create_actors, find_actors, prepare_ray
 from blendtorch_ray.prestart import can_prestart, prefetch_consumer_imports, prestart
-from blendtorch_ray.runtime import actor_name, ensure_ray, run_in_keeper_thread
+from blendtorch_ray.runtime import run_in_keeper_thread
 
 log = logging.getLogger("blendtorch_ray")
 
 
-START_GRACE_S = 60.0
-"""Time beyond ``ready_timeout`` for Ray to schedule every actor before ``start()`` gives up."""
 CLOSE_TIMEOUT_S = 15.0
 """How long ``close()`` waits for the actors to end their Blenders before killing them."""
-REPR_HEALTH_TIMEOUT_S = 5.0
-"""How long ``repr(launcher)`` (a notebook's display of it) waits for the instances' health."""
 
 
 class BlenderLauncher:
@@ -120,34 +114,13 @@ class BlenderLauncher:
 
     def _bring_up(self, prestarted: dict) -> None:
         """Start Ray if needed, create the actors and wait until every one is ready."""
-        cfg = self.config
         try:
-            ensure_ray(namespace=self.namespace)
-            if cfg.placement.num_cpus is None:
-                cfg = self.config = cfg.with_options(num_cpus=default_num_cpus(cfg.num_instances))
-            if not cfg.placement.wait_for_resources:
-                check_capacity(cfg)
+            self.config = prepare_ray(self.config, self.namespace)
         except BaseException:
             self._discard_prestarted()
             raise
         try:
-            nodes = resolve_nodes(cfg)
-            for btid in range(cfg.num_instances):
-                opts = actor_options(cfg, actor_name(self.name, btid), self.namespace, nodes[btid] if nodes else None)
-                self._actors.append(RemoteBlenderActor.options(**opts).remote(cfg, btid, prestarted.get(btid)))
-            refs = [a.wait_ready.remote() for a in self._actors]
-            timeout = None if cfg.placement.wait_for_resources else cfg.supervision.ready_timeout + START_GRACE_S
-            if self._early is not None:  # each actor takes its socket over as soon as it asks
-                self._early.hand_over(lambda b: not ray.wait([refs[b]], timeout=0)[0], timeout or float("inf"))
-            try:
-                with own_errors():
-                    ray.get(refs, timeout=timeout)
-            except ray.exceptions.GetTimeoutError:
-                raise BlenderStartError(
-                    f"group {self.name!r}: not every instance was scheduled and ready within "
-                    f"{timeout:.0f}s; free resources now: {ray.available_resources()}{resource_holders()}. "
-                    "Lower num_instances / num_cpus, add nodes, or pass wait_for_resources=True"
-                ) from None
+            create_actors(self.config, self.name, self.namespace, prestarted, self._actors, self._early)
         except BaseException:
             self._close_group()
             raise
@@ -232,15 +205,7 @@ class BlenderLauncher:
                 bl = BlenderLauncher.attach("my-group")
                 print(bl.health())
         """
-        ensure_ray(address=address, namespace=namespace)
-        actors = []
-        while True:
-            try:
-                actors.append(ray.get_actor(actor_name(name, len(actors)), namespace=namespace))
-            except ValueError:
-                break
-        if not actors:
-            raise ValueError(f"no blendtorch-ray group named {name!r} in namespace {namespace!r}")
+        actors = find_actors(name, namespace, address)
         self = cls.__new__(cls)
         self.config = None  # type: ignore[assignment]
         self.name, self.namespace, self._actors, self._early = name, namespace, actors, None
@@ -414,12 +379,7 @@ class BlenderLauncher:
         """Health for ``repr``: (rows, "") or (None, why not), never raising or hanging long."""
         if self._early is not None and not self._early.up.done():
             return None, "starting: Ray is coming up"
-        if not self.actors:
-            return None, "not started" if not self._started else "no instances"
-        try:
-            return ray.get([a.health.remote() for a in self.actors], timeout=REPR_HEALTH_TIMEOUT_S), ""
-        except Exception as exc:  # a repr must not raise: show why there is no health instead
-            return None, f"health unavailable: {type(exc).__name__}: {exc}".splitlines()[0]
+        return health_for_display(self._actors, self._started)
 
     def _summary(self) -> str:
         state = "started" if self._started else "not started"
