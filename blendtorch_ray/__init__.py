@@ -26,7 +26,9 @@ Modules for users:
 - `blendtorch_ray.doctor`: which Blenders are there and what works in each.
 
 Internals: `blendtorch_ray.actor` (the supervising actor), `blendtorch_ray.transport`,
-`blendtorch_ray.shm_ring`, `blendtorch_ray.prestart`, `blendtorch_ray.process`,
+`blendtorch_ray.shm_ring`, `blendtorch_ray.prestart`, `blendtorch_ray.early_read` and
+`blendtorch_ray.handover` (the first batch before Ray is up, and the socket's hand-over to the
+actor), `blendtorch_ray.group_start`, `blendtorch_ray.process`,
 `blendtorch_ray.blender`, `blendtorch_ray.runtime`, `blendtorch_ray.validation`,
 `blendtorch_ray.cli`, `blendtorch_ray.demo`, `blendtorch_ray.health`, `blendtorch_ray.extras`,
 `blendtorch_ray.placement`, `blendtorch_ray.tcp_link` and `blendtorch_ray.tcp_wire` (the

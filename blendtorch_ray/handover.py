@@ -13,7 +13,7 @@ so that no item is lost or repeated:
    the items its consumer did not take (the leftovers), closes its socket, and writes the
    leftovers and then ``STATE_FILE`` (`write`).
 3. The actor binds the same address, takes the state over (its stream yields the leftovers
-   first) and removes ``PAUSE_FILE`` (`release_blender`): Blender goes on, and its socket
+   first) and removes ``PAUSE_FILE`` (`take_over`): Blender goes on, and its socket
    reconnects to the actor's.
 
 The files lie in the instance's private directory (0700); the leftovers, which hold image
@@ -23,6 +23,7 @@ arrays, in its /dev/shm directory.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import time
@@ -39,6 +40,8 @@ LEFTOVER_FILE = "early-items.pkl"
 """In the instance's /dev/shm directory: the items the driver read that its consumer did not take."""
 POLL_S = 0.005
 """Seconds between two looks for the other side's file."""
+
+log = logging.getLogger("blendtorch_ray")
 
 
 @dataclass
@@ -145,6 +148,26 @@ def release_blender(directory: str) -> None:
         os.unlink(os.path.join(directory, PAUSE_FILE))
     except FileNotFoundError:  # the driver never had to pause it (Blender had ended)
         pass
+
+
+def take_over(sup: Any, state: HandoverState) -> None:
+    """The actor's step 3: its supervisor goes on from what the driver read, and Blender goes on.
+
+    Args:
+        sup: The instance's ``blendtorch_ray.supervisor.Supervisor``, its socket bound.
+        state: What `adopt` returned.
+    """
+    sup.next_seq, sup.ready = state.next_seq, state.ready
+    sup.items = sup._epoch_items = state.items
+    sup.dropped += state.dropped
+    sup.device = state.device
+    for text in state.warnings:
+        sup.warn(text)
+    sup.pending.extend(state.leftovers)  # handed over first
+    release_blender(sup.dir.path)
+    if state.end is not None:  # Blender waits for the ack of its end marker
+        sup.on_end(state.end)
+    log.info("Blender instance %d: taken over from the driver; %s", sup.btid, describe(state))
 
 
 def describe(state: Any) -> str:

@@ -7,7 +7,7 @@ Imports nothing but the standard library, so that tools that only show health (t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 
 MAX_WARNINGS = 20
@@ -131,3 +131,38 @@ def health_for_display(actors: list, started: bool) -> tuple:
         return ray.get([a.health.remote() for a in actors], timeout=REPR_HEALTH_TIMEOUT_S), ""
     except Exception as exc:  # a repr must not raise: show why there is no health instead
         return None, f"health unavailable: {type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def snapshot(sup: Any, node_id: str) -> InstanceHealth:
+    """The `InstanceHealth` of a ``blendtorch_ray.supervisor.Supervisor`` now.
+
+    Args:
+        sup: The instance's supervisor.
+        node_id: The Ray node it runs on.
+
+    Returns:
+        The snapshot.
+    """
+    fps = 0.0
+    if sup._t_first is not None and sup._t_last and sup._t_last > sup._t_first:
+        fps = (sup.items - 1) / (sup._t_last - sup._t_first)
+    alive = sup.process.alive()
+    return InstanceHealth(
+        btid=sup.btid, node_id=node_id, pid=sup.process.pid if alive else None, alive=alive,
+        items=sup.items, batches=sup.batches, fps=fps, restarts=sup.restarts, epoch=sup.epoch,
+        queue_depth=sup.partial, dropped_messages=sup.dropped, last_error=sup.last_error,
+        log_path=sup.log_path, rss_bytes=sup.process.rss_bytes(), recycles=sup.recycles,
+        lost_items=sup.lost, niceness=sup.process.niceness(), warnings=list(sup.warnings),
+        **_device_fields(sup.device),
+    )
+
+
+def _device_fields(device: Optional[dict]) -> dict:
+    """``render_device``, ``render_backend`` and ``gl_renderer`` of `InstanceHealth` from a
+    ``KIND_INFO`` device dict (None: Blender has not said)."""
+    if not device:
+        return {}
+    backend = device.get("backend")
+    names = ", ".join(device.get("devices") or ())
+    return {"render_device": device.get("device"), "gl_renderer": device.get("gl_renderer"),
+            "render_backend": f"{backend}: {names}" if backend else None}

@@ -25,7 +25,7 @@ from blendtorch_ray.blender import BlenderExecutable
 from blendtorch_ray.config import LaunchConfig
 from blendtorch_ray.duplex import ControlEndpoint
 from blendtorch_ray.errors import BlenderCrashedError, BlenderStartError
-from blendtorch_ray.health import MAX_WARNINGS, InstanceHealth
+from blendtorch_ray.health import MAX_WARNINGS, InstanceHealth, snapshot
 from blendtorch_ray.instance import blender_args, blender_environment, instance_dirs, slot_file_for, start_position
 from blendtorch_ray.process import BlenderProcess
 from blendtorch_ray.transport import PrivateDir, ItemReceiver, has_shared_memory_room, shm_min_free
@@ -110,23 +110,9 @@ class Supervisor:
             self.receiver.slots = prestarted.open_slots()
             self.process = BlenderProcess.adopt(blender, prestarted.pid, self.log_path, prestarted.exit_file)
             if taken_over is not None:
-                self._take_over(taken_over)
+                handover.take_over(self, taken_over)
         else:
             self.process = self._spawn()
-
-    def _take_over(self, state: handover.HandoverState) -> None:
-        """Go on from what the driver read before this actor existed, and let Blender go on."""
-        self.next_seq, self.ready = state.next_seq, state.ready
-        self.items = self._epoch_items = state.items
-        self.dropped += state.dropped
-        self.device = state.device
-        for text in state.warnings:
-            self.warn(text)
-        self.pending.extend(state.leftovers)
-        handover.release_blender(self.dir.path)
-        if state.end is not None:
-            self.on_end(state.end)
-        log.info("Blender instance %d: taken over from the driver; %s", self.btid, handover.describe(state))
 
     def position(self) -> tuple:
         """``(stream seed, seq)`` of the next item this instance hands over."""
@@ -400,18 +386,7 @@ class Supervisor:
         Returns:
             The `InstanceHealth`.
         """
-        fps = 0.0
-        if self._t_first is not None and self._t_last and self._t_last > self._t_first:
-            fps = (self.items - 1) / (self._t_last - self._t_first)
-        alive = self.process.alive()
-        return InstanceHealth(
-            btid=self.btid, node_id=node_id, pid=self.process.pid if alive else None, alive=alive,
-            items=self.items, batches=self.batches, fps=fps, restarts=self.restarts, epoch=self.epoch,
-            queue_depth=self.partial, dropped_messages=self.dropped, last_error=self.last_error,
-            log_path=self.log_path, rss_bytes=self.process.rss_bytes(), recycles=self.recycles,
-            lost_items=self.lost, niceness=self.process.niceness(), warnings=list(self.warnings),
-            **_device_fields(self.device),
-        )
+        return snapshot(self, node_id)
 
     def close(self) -> None:
         """End Blender and remove the instance's directories."""
@@ -421,13 +396,3 @@ class Supervisor:
         self.dir.cleanup()
         self.mem_dir.cleanup()
 
-
-def _device_fields(device: Optional[dict]) -> dict:
-    """``render_device``, ``render_backend`` and ``gl_renderer`` of `InstanceHealth` from a
-    ``KIND_INFO`` device dict (None: Blender has not said)."""
-    if not device:
-        return {}
-    backend = device.get("backend")
-    names = ", ".join(device.get("devices") or ())
-    return {"render_device": device.get("device"), "gl_renderer": device.get("gl_renderer"),
-            "render_backend": f"{backend}: {names}" if backend else None}
