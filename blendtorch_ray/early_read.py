@@ -81,9 +81,15 @@ class EarlyReader:
         return reserved
 
     def _unreserve(self) -> None:
+        """Give the held-back slots to Blender and unmap the file here (every item taken from
+        it was copied out)."""
+        slots = self.receiver.slots
+        if slots is None:
+            return
         for k in self._reserved:
-            self.receiver.slots.release(k)
+            slots.release(k)
         self._reserved = set()
+        slots.close()
 
     def alive(self) -> bool:
         """Whether the prestarted Blender still runs."""
