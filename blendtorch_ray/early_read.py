@@ -116,6 +116,8 @@ class EarlyReader:
             if kind == KIND_ITEM and isinstance(obj, dict):
                 item = copy.deepcopy(obj)  # its arrays leave the slot, which goes back to Blender now
                 self.state.items += 1
+                self.state.t_last = time.monotonic()
+                self.state.t_first = self.state.t_first or self.state.t_last
                 if item.get("seed") == self.state.stream_seed and isinstance(item.get("seq"), int):
                     self.state.next_seq = max(self.state.next_seq, item["seq"] + 1)
                 return item

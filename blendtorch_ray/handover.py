@@ -64,6 +64,10 @@ class HandoverState:
     """The last ``KIND_INFO`` device, if any."""
     end: Optional[dict] = None
     """The end marker's body, if Blender ended its stream (it then waits for the actor's ack)."""
+    t_first: Optional[float] = None
+    """``time.monotonic()`` (system-wide) when the first item arrived, for ``health().fps``."""
+    t_last: Optional[float] = None
+    """... and the last one."""
     leftovers: list = field(default_factory=list)
     """Items read but not taken by the consumer, in order (not in ``STATE_FILE``)."""
 
@@ -159,6 +163,7 @@ def take_over(sup: Any, state: HandoverState) -> None:
     """
     sup.next_seq, sup.ready = state.next_seq, state.ready
     sup.items = sup._epoch_items = state.items
+    sup._t_first, sup._t_last = state.t_first, state.t_last
     sup.dropped += state.dropped
     sup.device = state.device
     for text in state.warnings:

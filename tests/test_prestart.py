@@ -51,6 +51,8 @@ def test_the_first_items_come_before_ray_and_the_actors_take_over_without_a_gap(
     assert all(out["contiguous"].values()) and sum(out["counts"].values()) == 88 and out["arrays_ok"]
     # The very processes the driver started, never restarted; nothing outlives the driver.
     assert out["pids"] == out["prestarted"] and out["restarts"] == [0, 0]
+    # health() counts what the driver read too.
+    assert all(n >= c for n, c in zip(out["health_items"], out["counts"].values())) and min(out["fps"]) > 0
     assert wait_until(lambda: not any(pid_alive(p) for p in out["pids"]), timeout=30)
     assert not any(os.path.exists(d) for d in out["dirs"])
 

@@ -36,6 +36,8 @@ def main() -> None:
         out["pids"] = bl.pids()
         out["parents"] = [psutil.Process(p).ppid() for p in out["pids"]]
         out["restarts"] = [h.restarts for h in health]
+        out["health_items"] = [h.items for h in health]
+        out["fps"] = [h.fps for h in health]
         seqs = {b: [i["seq"] for i in items if i["btid"] == b] for b in (0, 1)}
         out["contiguous"] = {b: s == list(range(len(s))) for b, s in seqs.items()}
         out["counts"] = {b: len(s) for b, s in seqs.items()}
